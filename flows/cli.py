@@ -1,0 +1,31 @@
+"""The `hydracat` command: one subcommand per job, each a thin wrapper over a library function."""
+
+import argparse
+import logging
+import sys
+
+from hydraopt.cli import add_merge_command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hydracat", description="A LoRA adapter catalog that consolidates itself."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_merge_command(subparsers)
+    from flows.bench import add_bench_command
+    from flows.demo import add_demo_command
+
+    add_bench_command(subparsers)
+    add_demo_command(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

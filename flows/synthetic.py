@@ -1,0 +1,108 @@
+"""Small, deterministic models and adapters for the demo, the benchmarks and the tests.
+
+`build_tiny_base` saves a randomly initialised Llama as a normal safetensors model folder;
+`make_peft_adapter` makes a real PEFT LoRA on it; `write_random_lora` writes a PEFT-format
+LoRA folder of any module shapes without a model (for benchmarks at real model shapes).
+Everything is seeded and cached: an existing folder is reused as is.
+"""
+
+from pathlib import Path
+
+import torch
+
+from hydraopt.formats.peft_lora import write_peft_lora
+
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def tiny_llama_config():
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
+
+
+def build_tiny_base(folder: Path, seed: int = 0) -> Path:
+    """A tiny random LlamaForCausalLM saved with save_pretrained (reused when present)."""
+    from transformers import LlamaForCausalLM
+
+    if (folder / "config.json").is_file():
+        return folder
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(tiny_llama_config())
+    model.save_pretrained(folder)
+    return folder
+
+
+def make_peft_adapter(
+    base: Path,
+    out: Path,
+    *,
+    seed: int,
+    rank: int = 4,
+    alpha: float = 8,
+    targets: tuple[str, ...] = ATTENTION,
+    **lora_kwargs,
+) -> Path:
+    """A real PEFT LoRA on `base` with random (non-zero) A and B, saved with save_pretrained."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    if (out / "adapter_config.json").is_file():
+        return out
+    model = LlamaForCausalLM.from_pretrained(base)
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), **lora_kwargs)
+    peft_model = get_peft_model(model, config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+    peft_model.save_pretrained(out)
+    return out
+
+
+def write_random_lora(
+    out: Path,
+    shapes: dict[str, tuple[int, int]],
+    *,
+    rank: int,
+    seed: int,
+    base_model: str,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """A PEFT-format LoRA folder with random factors for modules of the given (d_out, d_in)."""
+    if (out / "adapter_config.json").is_file():
+        return out
+    generator = torch.Generator().manual_seed(seed)
+    modules = {
+        name: (
+            torch.randn(rank, d_in, generator=generator) / d_in**0.5,
+            torch.randn(d_out, rank, generator=generator) / rank**0.5,
+        )
+        for name, (d_out, d_in) in shapes.items()
+    }
+    targets = sorted({name.rsplit(".", 1)[-1] for name in shapes})
+    template = {"base_model_name_or_path": base_model, "task_type": "CAUSAL_LM", "target_modules": targets}
+    write_peft_lora(out, modules, rank, template, dtype)
+    return out
+
+
+def llama_attention_shapes(layers: int, hidden: int, kv_out: int) -> dict[str, tuple[int, int]]:
+    """(d_out, d_in) of q, k, v, o in every layer of a Llama-style model."""
+    shapes = {}
+    for layer in range(layers):
+        prefix = f"model.layers.{layer}.self_attn"
+        shapes[f"{prefix}.q_proj"] = (hidden, hidden)
+        shapes[f"{prefix}.k_proj"] = (kv_out, hidden)
+        shapes[f"{prefix}.v_proj"] = (kv_out, hidden)
+        shapes[f"{prefix}.o_proj"] = (hidden, hidden)
+    return shapes

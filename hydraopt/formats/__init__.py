@@ -1,0 +1,1 @@
+"""On-disk formats: validated safetensors, PEFT LoRA folders, and hydracat bundles."""

@@ -1,0 +1,38 @@
+"""The merge-method interface: typed parameters plus two pure functions.
+
+A method sees one module at a time (`merge_module`) over the normalised factors of every task,
+and once for the whole group (`assign`) to map tasks to B' heads.
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hydraopt.adapter import Adapter
+from hydraopt.factors import LoraDelta, SharedLowRank
+
+MergeModule = Callable[[Sequence[LoraDelta], Sequence[int], Any], SharedLowRank]
+Assign = Callable[[Sequence[Adapter], Any], list[int]]
+
+
+def single_head(adapters: Sequence[Adapter], params: Any) -> list[int]:
+    """Every task on head 0: the baselines' one merged adapter."""
+    return [0] * len(adapters)
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    """One registry entry.
+
+    `params_type` is a dataclass whose fields (with defaults) are the method's knobs; every
+    method has `rank: int | None` (r', default: the largest source rank). `merge_module`
+    gets the deltas of one module (one per task, float32, on the compute device), the task ->
+    head assignment and the resolved params, and returns A' with exactly `rank` rows and one
+    B' per head.
+    """
+
+    name: str
+    params_type: type
+    merge_module: MergeModule
+    assign: Assign = single_head
+    description: str = ""
