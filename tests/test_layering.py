@@ -8,7 +8,8 @@ def test_hydraopt_imports_no_upper_layer_or_heavy_dependency():
     code = (
         "import sys, hydraopt, hydraopt.cli\n"
         "roots = {m.split('.')[0] for m in sys.modules}\n"
-        "print(sorted(roots & {'prefect', 'sqlalchemy', 'registry', 'flows', 'peft', 'transformers', 'boto3'}))"
+        "upper = {'prefect', 'sqlalchemy', 'registry', 'flows', 'peft', 'transformers', 'boto3'}\n"
+        "print(sorted(roots & upper))"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "[]"
