@@ -1,12 +1,12 @@
 """The task-arithmetic family: task_arithmetic, ties, dare_linear and dare_ties.
 
 One implementation with parameters (as in mergekit): optional sparsification (magnitude = TIES,
-random with rescale = DARE), optional sign consensus with a disjoint mean, then a weighted
+random with rescale = DARE), optional sign election with a disjoint mean, then a weighted
 combination. The semantics follow `peft.utils.merge_utils`. Each method yields one merged update
 per module, kept as its best rank-r' factorisation (a single head).
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,12 +16,13 @@ from hydraopt.factors import LoraDelta, SharedLowRank, pad_rank, truncated_svd
 from hydraopt.methods import register
 from hydraopt.methods.base import MergeMethod
 
-Sparsify = Literal["magnitude", "random"] | None
+Sparsify = Literal["magnitude", "random"]
+SIGN_METHODS = ("total", "frequency")
 
 
 @dataclass(frozen=True)
 class TaskArithmeticParams:
-    """`weights` per task (default 1/N: the mean update); `rank` r' of the result."""
+    """Σ w_i ΔW_i; `weights` default 1/N (the mean update); `rank` r' of the result."""
 
     rank: int | None = None
     weights: list[float] | None = None
@@ -29,17 +30,23 @@ class TaskArithmeticParams:
 
 @dataclass(frozen=True)
 class TiesParams:
-    """TIES: keep the `density` largest entries per task, elect signs, disjoint mean."""
+    """TIES: keep the `density` largest entries per task, elect signs, disjoint mean.
+
+    `weights` default 1.0 (the disjoint mean already averages).
+    """
 
     rank: int | None = None
     weights: list[float] | None = None
     density: float = 0.5
-    majority_sign_method: Literal["total", "frequency"] = "total"
+    majority_sign_method: str = "total"
 
 
 @dataclass(frozen=True)
 class DareLinearParams:
-    """DARE: keep each entry with probability `density` (seeded), rescale by 1/density, sum."""
+    """DARE: keep each entry with probability `density` (seeded), rescale by 1/density, sum.
+
+    `weights` default 1/N (the mean update).
+    """
 
     rank: int | None = None
     weights: list[float] | None = None
@@ -49,13 +56,16 @@ class DareLinearParams:
 
 @dataclass(frozen=True)
 class DareTiesParams:
-    """DARE dropping followed by TIES sign election and disjoint mean."""
+    """DARE dropping, then TIES sign election and disjoint mean; `weights` default 1.0."""
 
     rank: int | None = None
     weights: list[float] | None = None
     density: float = 0.5
-    majority_sign_method: Literal["total", "frequency"] = "total"
+    majority_sign_method: str = "total"
     seed: int = 0
+
+
+BaselineParams = TaskArithmeticParams | TiesParams | DareLinearParams | DareTiesParams
 
 
 def magnitude_prune(tensor: torch.Tensor, density: float) -> torch.Tensor:
@@ -66,7 +76,7 @@ def magnitude_prune(tensor: torch.Tensor, density: float) -> torch.Tensor:
     return tensor * mask.reshape(tensor.shape)
 
 
-def random_prune(tensor: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
+def random_prune(tensor: torch.Tensor, density: float, generator: torch.Generator | None) -> torch.Tensor:
     """Keep each entry with probability `density`, rescaled by 1/density (DARE)."""
     mask = torch.bernoulli(torch.full_like(tensor, density), generator=generator)
     return tensor * mask / density
@@ -74,6 +84,8 @@ def random_prune(tensor: torch.Tensor, density: float, generator: torch.Generato
 
 def majority_sign_mask(stacked: torch.Tensor, method: str) -> torch.Tensor:
     """Entries whose sign agrees with the elected sign ("total": sum, "frequency": sign count)."""
+    if method not in SIGN_METHODS:
+        raise ValueError(f"majority_sign_method must be one of {SIGN_METHODS}, got {method!r}")
     sign = stacked.sign()
     votes = stacked.sum(dim=0) if method == "total" else sign.sum(dim=0)
     return sign == torch.where(votes >= 0, 1, -1)
@@ -83,26 +95,36 @@ def generalized_task_arithmetic(
     task_tensors: torch.Tensor,
     weights: torch.Tensor,
     *,
-    sparsify: Sparsify = None,
+    sparsify: Sparsify | None = None,
     density: float = 1.0,
     sign_method: str | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Merge stacked task tensors (N × ...) into one tensor; pure and device-agnostic."""
+    """Merge stacked task tensors (N × ...) into one tensor, as PEFT's merge_utils does.
+
+    Prune each task (`density` < 1), elect signs on the pruned unweighted tensors, weight, then
+    sum (no `sign_method`) or take the disjoint mean. Random pruning draws from `generator`
+    (the global RNG when None), task by task in order.
+    """
     if not 0 < density <= 1:
         raise ValueError(f"density must be in (0, 1], got {density}")
+    if weights.shape != task_tensors.shape[:1]:
+        raise ValueError(f"weights has shape {tuple(weights.shape)} for {len(task_tensors)} tasks")
     if sparsify == "magnitude" and density < 1:
         task_tensors = torch.stack([magnitude_prune(t, density) for t in task_tensors])
     elif sparsify == "random" and density < 1:
         task_tensors = torch.stack([random_prune(t, density, generator) for t in task_tensors])
+    elif sparsify not in (None, "magnitude", "random"):
+        raise ValueError(f"sparsify must be 'magnitude', 'random' or None, got {sparsify!r}")
     weighted = task_tensors * weights.reshape(-1, *([1] * (task_tensors.dim() - 1)))
     if sign_method is None:
         return weighted.sum(dim=0)
     mask = majority_sign_mask(task_tensors, sign_method)
-    return (weighted * mask).sum(dim=0) / mask.sum(dim=0).clamp(min=1.0)
+    return (weighted * mask).sum(dim=0) / mask.sum(dim=0).clamp(min=1)
 
 
-def task_weights(params, count: int, default: float, device: torch.device) -> torch.Tensor:
+def task_weights(params: BaselineParams, count: int, default: float, device: torch.device) -> torch.Tensor:
+    """`params.weights` (or `default` per task) as a float32 tensor; one per task."""
     weights = [default] * count if params.weights is None else list(params.weights)
     if len(weights) != count:
         raise ValueError(f"weights has {len(weights)} entries for {count} tasks")
@@ -126,12 +148,20 @@ def merge_task_arithmetic(
     return truncated_svd(stacked_b, stacked_a, params.rank)
 
 
-def dense_merge(sparsify: Sparsify, with_signs: bool, default_weight: float | None):
-    """A merge_module for one member of the family that needs dense updates."""
+def dense_merge(
+    sparsify: Sparsify, with_signs: bool, mean_weights: bool
+) -> Callable[[Sequence[LoraDelta], Sequence[int], BaselineParams], SharedLowRank]:
+    """The merge_module of a family member that prunes dense updates.
 
-    def merge_module(deltas: Sequence[LoraDelta], assignment: Sequence[int], params) -> SharedLowRank:
+    Default weights are 1/N when `mean_weights`, else 1.0. DARE reseeds a generator with
+    `params.seed` for every module, so a merge is reproducible module by module.
+    """
+
+    def merge_module(
+        deltas: Sequence[LoraDelta], assignment: Sequence[int], params: BaselineParams
+    ) -> SharedLowRank:
         device = deltas[0].A.device
-        default = 1.0 / len(deltas) if default_weight is None else default_weight
+        default = 1.0 / len(deltas) if mean_weights else 1.0
         generator = None
         if sparsify == "random":
             generator = torch.Generator(device=device).manual_seed(params.seed)
@@ -150,12 +180,33 @@ def dense_merge(sparsify: Sparsify, with_signs: bool, default_weight: float | No
 
 register(
     MergeMethod(
-        "task_arithmetic", TaskArithmeticParams, merge_task_arithmetic, description="weighted sum (mean)"
+        "task_arithmetic",
+        TaskArithmeticParams,
+        merge_task_arithmetic,
+        description="weighted sum of the task updates (default: their mean)",
     )
 )
-# Sign election already averages, so TIES-style methods default to weight 1 per task.
-register(MergeMethod("ties", TiesParams, dense_merge("magnitude", True, 1.0), description="TIES"))
-register(MergeMethod("dare_linear", DareLinearParams, dense_merge("random", False, None), description="DARE"))
 register(
-    MergeMethod("dare_ties", DareTiesParams, dense_merge("random", True, 1.0), description="DARE + TIES")
+    MergeMethod(
+        "ties",
+        TiesParams,
+        dense_merge("magnitude", with_signs=True, mean_weights=False),
+        description="TIES: magnitude pruning, sign election, disjoint mean",
+    )
+)
+register(
+    MergeMethod(
+        "dare_linear",
+        DareLinearParams,
+        dense_merge("random", with_signs=False, mean_weights=True),
+        description="DARE: seeded random drop with rescale, then weighted sum (default: mean)",
+    )
+)
+register(
+    MergeMethod(
+        "dare_ties",
+        DareTiesParams,
+        dense_merge("random", with_signs=True, mean_weights=False),
+        description="DARE drop with rescale, then sign election and disjoint mean",
+    )
 )
