@@ -94,7 +94,7 @@ def merge_adapters(
     names = sorted(adapters[0].modules)
     for done, name in enumerate(names, start=1):
         deltas = [a.modules[name].to(compute) for a in adapters]
-        merged = merge_method.merge_module(deltas, assignment, resolved)
+        merged = merge_method.merge_module(deltas, assignment, resolved, module=name)
         modules[name] = SharedLowRank(merged.A.float().cpu(), merged.B.float().cpu())
         if progress:
             progress(done, len(names))

@@ -194,3 +194,15 @@ def test_bad_params_are_refused(name, params, message):
 def test_generalized_task_arithmetic_refuses_a_weight_count_mismatch():
     with pytest.raises(ValueError, match="weights"):
         generalized_task_arithmetic(torch.stack(random_tensors(3)), torch.ones(2))
+
+
+def test_dare_draws_a_different_mask_per_module_regression():
+    """Bug: every module reseeded with `seed`, so same-shaped layers shared one drop mask."""
+    deltas = [LoraDelta(torch.ones(2, 12), torch.ones(16, 2)) for _ in range(2)]
+    method = get_method("dare_linear")
+    params = DareLinearParams(rank=12, seed=3, density=0.5)
+    layer0 = method.merge_module(deltas, [0, 0], params, module="model.layers.0.self_attn.q_proj")
+    layer1 = method.merge_module(deltas, [0, 0], params, module="model.layers.1.self_attn.q_proj")
+    again = method.merge_module(deltas, [0, 0], params, module="model.layers.0.self_attn.q_proj")
+    torch.testing.assert_close(layer0.B[0] @ layer0.A, again.B[0] @ again.A)
+    assert not torch.allclose(layer0.B[0] @ layer0.A, layer1.B[0] @ layer1.A)

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from hydraopt.adapter import Adapter
-from hydraopt.factors import LoraDelta, SharedLowRank
+from hydraopt.factors import SharedLowRank
 
-MergeModule = Callable[[Sequence[LoraDelta], Sequence[int], Any], SharedLowRank]
+MergeModule = Callable[..., SharedLowRank]
 Assign = Callable[[Sequence[Adapter], Any], list[int]]
 
 
@@ -27,8 +27,9 @@ class MergeMethod:
     `params_type` is a dataclass whose fields (with defaults) are the method's knobs; every
     method has `rank: int | None` (r', default: the largest source rank). `merge_module`
     gets the deltas of one module (one per task, float32, on the compute device), the task ->
-    head assignment and the resolved params, and returns A' with exactly `rank` rows and one
-    B' per head.
+    head assignment, the resolved params and (keyword `module`) the module's name, for methods
+    whose randomness must differ per module; it returns A' with exactly `rank` rows and one B'
+    per head.
     """
 
     name: str

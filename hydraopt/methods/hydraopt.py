@@ -43,7 +43,7 @@ def head_row_weights(deltas: Sequence[LoraDelta], assignment: Sequence[int]) -> 
 
 
 def merge_module(
-    deltas: Sequence[LoraDelta], assignment: Sequence[int], params: HydraOptParams
+    deltas: Sequence[LoraDelta], assignment: Sequence[int], params: HydraOptParams, module: str = ""
 ) -> SharedLowRank:
     """Closed-form A' and B'_k for one module, never forming a d_out×d_in matrix per task."""
     stacked_a = torch.cat([d.A for d in deltas], dim=0)  # R × d_in

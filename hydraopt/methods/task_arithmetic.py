@@ -6,6 +6,7 @@ combination. The semantics follow `peft.utils.merge_utils`. Each method yields o
 per module, kept as its best rank-r' factorisation (a single head).
 """
 
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -139,7 +140,7 @@ def dense_to_single_head(merged: torch.Tensor, rank: int) -> SharedLowRank:
 
 
 def merge_task_arithmetic(
-    deltas: Sequence[LoraDelta], assignment: Sequence[int], params: TaskArithmeticParams
+    deltas: Sequence[LoraDelta], assignment: Sequence[int], params: TaskArithmeticParams, module: str = ""
 ) -> SharedLowRank:
     """Σ w_i B_i A_i is itself factored ([w_i B_i] · [A_i]): no dense update is formed."""
     weights = task_weights(params, len(deltas), 1.0 / len(deltas), deltas[0].A.device)
@@ -148,23 +149,26 @@ def merge_task_arithmetic(
     return truncated_svd(stacked_b, stacked_a, params.rank)
 
 
-def dense_merge(
-    sparsify: Sparsify, with_signs: bool, mean_weights: bool
-) -> Callable[[Sequence[LoraDelta], Sequence[int], BaselineParams], SharedLowRank]:
+def module_seed(seed: int, module: str) -> int:
+    """`seed` mixed with a stable hash of the module name (`seed` itself for no name)."""
+    return seed ^ zlib.crc32(module.encode()) if module else seed
+
+
+def dense_merge(sparsify: Sparsify, with_signs: bool, mean_weights: bool) -> Callable[..., SharedLowRank]:
     """The merge_module of a family member that prunes dense updates.
 
-    Default weights are 1/N when `mean_weights`, else 1.0. DARE reseeds a generator with
-    `params.seed` for every module, so a merge is reproducible module by module.
+    Default weights are 1/N when `mean_weights`, else 1.0. DARE seeds a generator per module
+    from `params.seed` and the module name: reproducible, yet no two modules share a drop mask.
     """
 
     def merge_module(
-        deltas: Sequence[LoraDelta], assignment: Sequence[int], params: BaselineParams
+        deltas: Sequence[LoraDelta], assignment: Sequence[int], params: BaselineParams, module: str = ""
     ) -> SharedLowRank:
         device = deltas[0].A.device
         default = 1.0 / len(deltas) if mean_weights else 1.0
         generator = None
         if sparsify == "random":
-            generator = torch.Generator(device=device).manual_seed(params.seed)
+            generator = torch.Generator(device=device).manual_seed(module_seed(params.seed, module))
         merged = generalized_task_arithmetic(
             torch.stack([d.dense() for d in deltas]),
             task_weights(params, len(deltas), default, device),
