@@ -5,6 +5,7 @@ import logging
 import sys
 
 from hydraopt.cli import add_merge_command
+from registry.cli import add_registry_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -13,6 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_merge_command(subparsers)
+    add_registry_commands(subparsers)
     from flows.bench import add_bench_command
     from flows.demo import add_demo_command
 

@@ -1,0 +1,504 @@
+"""The registry's Python API. Every method returns plain JSON-ready dicts.
+
+`Registry.current_bundle(task)` is the one shape the CLI and HTTP surfaces return as well:
+
+```
+{"task", "alias", "bundle_id", "bundle_uri", "base_model": {"name", "revision"}, "head",
+ "adapter": {"id", "name", "version", "sha256"}, "task_adapter_uri", "updated_at", "manifest"}
+```
+`task_adapter_uri` is `<bundle_uri>/tasks/<task>`: a standard PEFT LoRA for that task.
+
+Writes run in one transaction each. Alias moves lock the task row first (SELECT ... FOR UPDATE
+on PostgreSQL, BEGIN IMMEDIATE on SQLite), so concurrent moves are serialised and every move is
+logged in `alias_events` with the pointer it replaced.
+"""
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from registry.db import WRITE_LOCK, make_engine, session_factory
+from registry.errors import (
+    AdapterNotFoundError,
+    AliasNotSetError,
+    BundleNotFoundError,
+    ConflictError,
+    InvalidRequestError,
+    TaskNotFoundError,
+)
+from registry.models import (
+    ADAPTER_STATUSES,
+    CURRENT_ALIAS,
+    Adapter,
+    AliasEvent,
+    BaseModel,
+    Bundle,
+    BundleMember,
+    Evaluation,
+    MergeRun,
+    Task,
+    TaskAlias,
+    utcnow,
+)
+from registry.settings import Settings
+from registry.store import ObjectStore, open_store
+
+T = TypeVar("T")
+MANIFEST_NAME = "manifest.json"
+
+
+class Registry:
+    """Adapters, bundles and task aliases in the registry database.
+
+    `store`, when given, is checked on `record_bundle`: a bundle inside it must have its
+    manifest written before its row is recorded.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session] | Engine, store: ObjectStore | None = None):
+        self._sessions = session_factory(sessions) if isinstance(sessions, Engine) else sessions
+        self.store = store
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> "Registry":
+        settings = settings or Settings.from_env()
+        return cls(make_engine(settings.database_url), open_store(settings))
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def _write(self, work: Callable[[Session], T]) -> T:
+        """Run `work` in a write transaction, once more if a concurrent insert won a race."""
+        try:
+            return self._transaction(work)
+        except IntegrityError:
+            return self._transaction(work)  # the retry finds the other writer's rows
+
+    def _transaction(self, work: Callable[[Session], T]) -> T:
+        with self._sessions() as session, session.begin():
+            session.connection(execution_options={WRITE_LOCK: True})
+            return work(session)
+
+    # adapters
+
+    def register_adapter_version(
+        self,
+        name: str,
+        version: str,
+        *,
+        sha256: str,
+        uri: str,
+        base_model: str,
+        base_revision: str | None = None,
+        adapter_type: str = "lora",
+        rank: int | None = None,
+        alpha: float | None = None,
+        targets: list[Any] | None = None,
+        quarantine_reason: str | None = None,
+    ) -> dict:
+        """Register an immutable adapter version; quarantined if `quarantine_reason` is given.
+
+        Registering the same name, version and sha256 again returns the existing row; the same
+        name and version with another sha256 raises ConflictError.
+        """
+
+        def work(session: Session) -> dict:
+            adapter = _adapter(session, name, version, missing_ok=True)
+            if adapter is not None:
+                if adapter.sha256 != sha256:
+                    raise ConflictError(
+                        f"adapter {name} {version} is registered with sha256 {adapter.sha256},"
+                        f" not {sha256}: versions are immutable, register a new version"
+                    )
+                return adapter_dict(adapter)
+            adapter = Adapter(
+                name=name,
+                version=version,
+                sha256=sha256,
+                uri=uri,
+                base_model=_base_model(session, base_model, base_revision),
+                adapter_type=adapter_type,
+                rank=rank,
+                alpha=alpha,
+                targets=list(targets or []),
+                status="quarantined" if quarantine_reason else "active",
+                quarantine_reason=quarantine_reason,
+            )
+            session.add(adapter)
+            session.flush()
+            return adapter_dict(adapter)
+
+        return self._write(work)
+
+    def list_adapters(
+        self, base_model: str | None = None, status: str | None = None, name: str | None = None
+    ) -> list[dict]:
+        if status is not None and status not in ADAPTER_STATUSES:
+            raise InvalidRequestError(f"status must be one of {', '.join(ADAPTER_STATUSES)}")
+        query = select(Adapter).join(Adapter.base_model).order_by(Adapter.name, Adapter.version)
+        if base_model is not None:
+            query = query.where(BaseModel.name == base_model)
+        if status is not None:
+            query = query.where(Adapter.status == status)
+        if name is not None:
+            query = query.where(Adapter.name == name)
+        with self._read() as session:
+            return [adapter_dict(adapter) for adapter in session.scalars(query)]
+
+    def retire_adapter(self, name: str, version: str) -> dict:
+        def work(session: Session) -> dict:
+            adapter = _adapter(session, name, version)
+            adapter.status = "retired"
+            return adapter_dict(adapter)
+
+        return self._write(work)
+
+    # bundles
+
+    def record_bundle(
+        self,
+        bundle_id: str,
+        base_model: str,
+        uri: str,
+        manifest: dict,
+        members: list[dict] | None = None,
+        metrics: dict[str, dict[str, Any]] | None = None,
+        *,
+        base_revision: str | None = None,
+    ) -> dict:
+        """Record a published bundle with its lineage and metrics; idempotent by bundle id.
+
+        `members` (default: the manifest's) name registered adapter versions by `name` and
+        `version` (or registry `adapter_id`), with their `task` and `head`. `metrics` (default:
+        the manifest's) maps task -> {metric: value}; numeric values become evaluation rows.
+        """
+        if manifest.get("bundle_id", bundle_id) != bundle_id:
+            raise InvalidRequestError(
+                f"manifest bundle_id {manifest['bundle_id']!r} differs from {bundle_id!r}"
+            )
+        members = manifest.get("members", []) if members is None else members
+        metrics = manifest.get("metrics", {}) if metrics is None else metrics
+        if base_revision is None:
+            base_revision = (manifest.get("base_model") or {}).get("revision")
+        member_tasks = [member["task"] for member in members]
+        if not members or len(set(member_tasks)) != len(member_tasks):
+            raise InvalidRequestError(f"bundle {bundle_id!r} needs members with distinct tasks")
+        self._check_published(uri)
+
+        def work(session: Session) -> dict:
+            bundle = session.get(Bundle, bundle_id)
+            if bundle is not None:
+                if bundle.uri != uri:
+                    raise ConflictError(f"bundle {bundle_id!r} is already recorded at {bundle.uri}")
+                return bundle_dict(bundle)
+            bundle = Bundle(
+                id=bundle_id,
+                base_model=_base_model(session, base_model, base_revision),
+                uri=uri,
+                manifest=manifest,
+            )
+            session.add(bundle)
+            tasks = {}
+            for member in members:
+                task = tasks[member["task"]] = _task(session, member["task"], create=True)
+                adapter = _member_adapter(session, member)
+                bundle.members.append(BundleMember(adapter=adapter, task=task, head=int(member["head"])))
+            for task_name, values in metrics.items():
+                if task_name not in tasks:
+                    raise InvalidRequestError(f"metrics name task {task_name!r}, not a bundle member")
+                bundle.evaluations.extend(
+                    Evaluation(task=tasks[task_name], metric=metric, value=float(value))
+                    for metric, value in values.items()
+                    if isinstance(value, int | float) and not isinstance(value, bool)
+                )
+            session.flush()
+            return bundle_dict(bundle)
+
+        return self._write(work)
+
+    def _check_published(self, uri: str) -> None:
+        key = self.store.key_for(uri) if self.store is not None else None
+        if key is not None and not self.store.exists(f"{key}/{MANIFEST_NAME}"):
+            raise InvalidRequestError(
+                f"no {MANIFEST_NAME} at {uri}: write the bundle objects before recording it"
+            )
+
+    def get_bundle(self, bundle_id: str) -> dict:
+        with self._read() as session:
+            bundle = session.get(Bundle, bundle_id)
+            if bundle is None:
+                raise BundleNotFoundError(bundle_id)
+            return bundle_dict(bundle)
+
+    def record_merge_run(
+        self,
+        flow_run_id: str,
+        *,
+        status: str,
+        params: dict | None = None,
+        bundle_id: str | None = None,
+        started_at: datetime | None = None,
+        finished_at: datetime | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> dict:
+        """Create or update the merge run of `flow_run_id`; None arguments keep stored values."""
+
+        def work(session: Session) -> dict:
+            run = session.scalar(select(MergeRun).filter_by(flow_run_id=flow_run_id))
+            if run is None:
+                run = MergeRun(flow_run_id=flow_run_id, params={}, timings={})
+                session.add(run)
+            run.status = status
+            for field, value in [
+                ("params", params),
+                ("bundle_id", bundle_id),
+                ("started_at", started_at),
+                ("finished_at", finished_at),
+                ("timings", timings),
+            ]:
+                if value is not None:
+                    setattr(run, field, value)
+            session.flush()
+            return merge_run_dict(run)
+
+        return self._write(work)
+
+    # task aliases
+
+    def move_alias(
+        self, task: str, bundle_id: str, reason: str, actor: str, alias: str = CURRENT_ALIAS
+    ) -> dict:
+        """Point `alias` of `task` at `bundle_id` and log the move; returns the event."""
+
+        def work(session: Session) -> dict:
+            task_row = _lock_task(session, task)
+            if session.get(Bundle, bundle_id) is None:
+                raise BundleNotFoundError(bundle_id)
+            if _member(session, bundle_id, task_row) is None:
+                raise InvalidRequestError(f"bundle {bundle_id!r} has no adapter for task {task!r}")
+            return _move(session, task_row, alias, bundle_id, "move", reason, actor)
+
+        return self._write(work)
+
+    def rollback(self, task: str, actor: str, reason: str = "rollback", alias: str = CURRENT_ALIAS) -> dict:
+        """Move `alias` back to the bundle it pointed at before its latest move; returns the event.
+
+        Rollbacks undo moves one at a time: two rollbacks after moves A -> B -> C land on A.
+        """
+
+        def work(session: Session) -> dict:
+            task_row = _lock_task(session, task)
+            targets: list[str] = []
+            for event in session.scalars(
+                select(AliasEvent).filter_by(task_id=task_row.id, alias=alias).order_by(AliasEvent.id)
+            ):
+                if event.action == "rollback":
+                    targets.pop()
+                else:
+                    targets.append(event.to_bundle_id)
+            if len(targets) < 2:
+                raise InvalidRequestError(f"task {task!r} has no earlier {alias!r} bundle")
+            return _move(session, task_row, alias, targets[-2], "rollback", reason, actor)
+
+        return self._write(work)
+
+    def current_bundle(self, task: str, alias: str = CURRENT_ALIAS) -> dict:
+        """The bundle `alias` of `task` points at, in the shape shared by CLI and HTTP."""
+        with self._read() as session:
+            task_row = _task(session, task)
+            pointer = session.scalar(select(TaskAlias).filter_by(task_id=task_row.id, alias=alias))
+            if pointer is None:
+                raise AliasNotSetError(task, alias)
+            bundle = pointer.bundle
+            member = _member(session, bundle.id, task_row)
+            return {
+                "task": task,
+                "alias": alias,
+                "bundle_id": bundle.id,
+                "bundle_uri": bundle.uri,
+                "base_model": base_model_dict(bundle.base_model),
+                "head": member.head,
+                "adapter": adapter_ref(member.adapter),
+                "task_adapter_uri": f"{bundle.uri.rstrip('/')}/tasks/{task}",
+                "updated_at": pointer.updated_at.isoformat(),
+                "manifest": bundle.manifest,
+            }
+
+    def history(self, task: str, alias: str = CURRENT_ALIAS) -> list[dict]:
+        """Every move of `alias` of `task`, newest first."""
+        with self._read() as session:
+            task_row = _task(session, task)
+            events = session.scalars(
+                select(AliasEvent).filter_by(task_id=task_row.id, alias=alias).order_by(AliasEvent.id.desc())
+            )
+            return [event_dict(event, task) for event in events]
+
+
+# queries shared by the methods above
+
+
+def _base_model(session: Session, name: str, revision: str | None) -> BaseModel:
+    row = session.scalar(select(BaseModel).filter_by(name=name, revision=revision or ""))
+    if row is None:
+        row = BaseModel(name=name, revision=revision or "")
+        session.add(row)
+    return row
+
+
+def _task(session: Session, name: str, create: bool = False) -> Task:
+    row = session.scalar(select(Task).filter_by(name=name))
+    if row is None:
+        if not create:
+            raise TaskNotFoundError(name)
+        row = Task(name=name)
+        session.add(row)
+    return row
+
+
+def _lock_task(session: Session, name: str) -> Task:
+    """The task row, locked until the transaction ends (a no-op on SQLite's locked database)."""
+    row = session.scalar(select(Task).filter_by(name=name).with_for_update())
+    if row is None:
+        raise TaskNotFoundError(name)
+    return row
+
+
+def _adapter(session: Session, name: str, version: str, missing_ok: bool = False) -> Adapter | None:
+    row = session.scalar(select(Adapter).filter_by(name=name, version=version))
+    if row is None and not missing_ok:
+        raise AdapterNotFoundError(f"{name} {version}")
+    return row
+
+
+def _member_adapter(session: Session, member: dict) -> Adapter:
+    if member.get("name") is not None and member.get("version") is not None:
+        adapter = _adapter(session, member["name"], str(member["version"]))
+    elif isinstance(member.get("adapter_id"), int):
+        adapter = session.get(Adapter, member["adapter_id"])
+        if adapter is None:
+            raise AdapterNotFoundError(f"id {member['adapter_id']}")
+    else:
+        raise InvalidRequestError(f"bundle member needs name and version, or adapter_id: {member}")
+    if member.get("sha256") not in (None, adapter.sha256):
+        raise ConflictError(
+            f"bundle member {adapter.name} {adapter.version} has sha256 {member['sha256']},"
+            f" the registry has {adapter.sha256}"
+        )
+    return adapter
+
+
+def _member(session: Session, bundle_id: str, task: Task) -> BundleMember | None:
+    return session.scalar(select(BundleMember).filter_by(bundle_id=bundle_id, task_id=task.id))
+
+
+def _move(
+    session: Session, task: Task, alias: str, bundle_id: str, action: str, reason: str, actor: str
+) -> dict:
+    now = utcnow()
+    pointer = session.scalar(select(TaskAlias).filter_by(task_id=task.id, alias=alias))
+    previous = pointer.bundle_id if pointer is not None else None
+    if pointer is None:
+        pointer = TaskAlias(task_id=task.id, alias=alias)
+        session.add(pointer)
+    pointer.bundle_id, pointer.updated_at = bundle_id, now
+    event = AliasEvent(
+        task_id=task.id,
+        alias=alias,
+        action=action,
+        from_bundle_id=previous,
+        to_bundle_id=bundle_id,
+        reason=reason,
+        actor=actor,
+        created_at=now,
+    )
+    session.add(event)
+    session.flush()
+    return event_dict(event, task.name)
+
+
+# JSON shapes
+
+
+def base_model_dict(base: BaseModel) -> dict:
+    return {"name": base.name, "revision": base.revision or None}
+
+
+def adapter_ref(adapter: Adapter) -> dict:
+    return {
+        "id": adapter.id,
+        "name": adapter.name,
+        "version": adapter.version,
+        "sha256": adapter.sha256,
+    }
+
+
+def adapter_dict(adapter: Adapter) -> dict:
+    return {
+        "id": adapter.id,
+        "name": adapter.name,
+        "version": adapter.version,
+        "base_model": base_model_dict(adapter.base_model),
+        "adapter_type": adapter.adapter_type,
+        "sha256": adapter.sha256,
+        "uri": adapter.uri,
+        "rank": adapter.rank,
+        "alpha": adapter.alpha,
+        "targets": adapter.targets,
+        "status": adapter.status,
+        "quarantine_reason": adapter.quarantine_reason,
+        "created_at": adapter.created_at.isoformat(),
+    }
+
+
+def bundle_dict(bundle: Bundle) -> dict:
+    metrics: dict[str, dict[str, float]] = {}
+    for evaluation in bundle.evaluations:
+        metrics.setdefault(evaluation.task.name, {})[evaluation.metric] = evaluation.value
+    return {
+        "bundle_id": bundle.id,
+        "base_model": base_model_dict(bundle.base_model),
+        "uri": bundle.uri,
+        "created_at": bundle.created_at.isoformat(),
+        "members": [
+            {
+                "task": member.task.name,
+                "head": member.head,
+                "adapter": adapter_ref(member.adapter),
+            }
+            for member in bundle.members
+        ],
+        "metrics": metrics,
+        "manifest": bundle.manifest,
+    }
+
+
+def event_dict(event: AliasEvent, task: str) -> dict:
+    return {
+        "id": event.id,
+        "task": task,
+        "alias": event.alias,
+        "action": event.action,
+        "from_bundle_id": event.from_bundle_id,
+        "to_bundle_id": event.to_bundle_id,
+        "reason": event.reason,
+        "actor": event.actor,
+        "created_at": event.created_at.isoformat(),
+    }
+
+
+def merge_run_dict(run: MergeRun) -> dict:
+    return {
+        "flow_run_id": run.flow_run_id,
+        "bundle_id": run.bundle_id,
+        "params": run.params,
+        "status": run.status,
+        "started_at": run.started_at.isoformat() if run.started_at else None,
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "timings": run.timings,
+    }

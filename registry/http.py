@@ -1,0 +1,79 @@
+"""HTTP API (FastAPI) over `registry.api.Registry`; responses use the Python API's JSON shapes.
+
+Reads are open. Writes (rollback, retire) need ``Authorization: Bearer <token>``: 401 without
+it, 403 with a wrong one, 503 when the server has no token configured. Registry errors map to
+404 (not found), 409 (conflict) and 400 (invalid request) with ``{"detail": message}``.
+"""
+
+import logging
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+
+from registry.api import Registry
+from registry.errors import ConflictError, NotFoundError, RegistryError
+
+log = logging.getLogger(__name__)
+
+
+class RollbackRequest(BaseModel):
+    actor: str = "http"
+    reason: str = "rollback"
+
+
+def create_app(registry: Registry, token: str | None) -> FastAPI:
+    app = FastAPI(title="hydracat registry", version="1")
+    bearer = HTTPBearer(auto_error=False)
+
+    def require_token(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> None:
+        if not token:
+            raise HTTPException(503, "writes are disabled: the server has no HYDRACAT_API_TOKEN")
+        if credentials is None:
+            raise HTTPException(401, "missing bearer token", {"WWW-Authenticate": "Bearer"})
+        if not secrets.compare_digest(credentials.credentials.encode(), token.encode()):
+            raise HTTPException(403, "wrong bearer token")
+
+    @app.exception_handler(RegistryError)
+    async def registry_error(_request: Request, exc: RegistryError) -> JSONResponse:
+        status = 404 if isinstance(exc, NotFoundError) else 409 if isinstance(exc, ConflictError) else 400
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    @app.exception_handler(Exception)
+    async def internal_error(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("registry request failed", exc_info=exc)
+        return JSONResponse({"detail": "internal error, see the server log"}, status_code=500)
+
+    @app.get("/v1/tasks/{task}/bundle")
+    def current_bundle(task: str) -> dict:
+        return registry.current_bundle(task)
+
+    @app.get("/v1/tasks/{task}/history")
+    def history(task: str) -> list[dict]:
+        return registry.history(task)
+
+    @app.get("/v1/bundles/{bundle_id}")
+    def bundle(bundle_id: str) -> dict:
+        return registry.get_bundle(bundle_id)
+
+    @app.get("/v1/adapters")
+    def adapters(
+        base_model: str | None = None, status: str | None = None, name: str | None = None
+    ) -> list[dict]:
+        return registry.list_adapters(base_model=base_model, status=status, name=name)
+
+    @app.post("/v1/tasks/{task}/rollback", dependencies=[Depends(require_token)])
+    def rollback(task: str, body: RollbackRequest | None = None) -> dict:
+        body = body or RollbackRequest()
+        return registry.rollback(task, actor=body.actor, reason=body.reason)
+
+    @app.post("/v1/adapters/{name}/{version}/retire", dependencies=[Depends(require_token)])
+    def retire(name: str, version: str) -> dict:
+        return registry.retire_adapter(name, version)
+
+    return app
