@@ -1,9 +1,11 @@
 """`hydracat demo`: build a tiny base model and task adapters, merge them every way, print tables.
 
-Library-only for now (no registry, no Prefect): six adapters in three planted task families on a
+No Prefect yet: six adapters in three planted task families on a
 tiny random Llama (A near one shared init, as after training from the same A seed), merged with
 the baselines and HydraOpt at K = 1, 3, 6. Each exported task adapter is loaded with PEFT and
-compared with its original adapter by next-token agreement.
+compared with its original adapter by next-token agreement. The HydraOpt K=3 bundle is then
+recorded in a SQLite registry under the work folder, every task's "current" alias points at it,
+and the registry's answer for one task is printed as `hydracat registry current` prints it.
 """
 
 import argparse
@@ -89,14 +91,16 @@ def run_demo(args: argparse.Namespace) -> int:
 
     hf_logging.disable_progress_bar()
     work: Path = args.workdir
-    print(f"[1/3] building a tiny Llama and {len(TASKS)} task adapters under {work}", file=sys.stderr)
+    print(f"[1/4] building a tiny Llama and {len(TASKS)} task adapters under {work}", file=sys.stderr)
     base_path = build_tiny_base(work / "base")
     sources = write_family_adapters(work / "adapters", base_path)
     adapters = [load_adapter(p) for p in sources]
     base_model = LlamaForCausalLM.from_pretrained(base_path).eval()
     prompts = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(1))
 
-    print("[2/3] merging and evaluating", file=sys.stderr)
+    for adapter in adapters:
+        adapter.version = "1"
+    print("[2/4] merging and evaluating", file=sys.stderr)
     rows, per_task = [], {}
     for method, params in SETTINGS:
         label = method + "".join(f" K={v}" for v in params.values())
@@ -113,7 +117,7 @@ def run_demo(args: argparse.Namespace) -> int:
         per_task[label] = (manifest, errors, agreement)
         print(f"  {label:<20} done", file=sys.stderr)
 
-    print("[3/3] results\n", file=sys.stderr)
+    print("[3/4] results\n", file=sys.stderr)
     print(f"{'method':<20} {'storage':>8} {'err mean':>9} {'err max':>8} {'agree mean':>10} {'agree min':>9}")
     for label, ratio, errs, agree in rows:
         print(
@@ -129,4 +133,37 @@ def run_demo(args: argparse.Namespace) -> int:
         print(
             f"{task:<12} {member['head']:>4} {errors[task]['relative_error']:>10.4f} {agreement[task]:>10.3f}"
         )
-    return 0
+
+    print("\n[4/4] publishing to the registry", file=sys.stderr)
+    database_url = f"sqlite:///{(work / 'registry.db').resolve()}"
+    publish(adapters, manifest, work / "bundles" / "hydraopt-K3", database_url)
+    print(f"\n$ hydracat registry current --task {TASKS[0]}")
+    from flows.cli import main
+
+    return main(["registry", "current", "--task", TASKS[0], "--database-url", database_url])
+
+
+def publish(adapters, manifest: dict, bundle_path: Path, database_url: str) -> None:
+    """Register the source adapters and the bundle, then point every task's alias at it."""
+    from registry.api import Registry
+    from registry.db import make_engine, upgrade
+
+    engine = make_engine(database_url)
+    upgrade(engine, "head")
+    registry = Registry(engine)
+    for adapter in adapters:
+        registry.register_adapter_version(
+            adapter.name,
+            adapter.version,
+            sha256=adapter.sha256,
+            uri=str(adapter.path.resolve()),
+            base_model=adapter.base_model,
+            rank=adapter.max_rank,
+            alpha=adapter.config["lora_alpha"],
+            targets=adapter.config["target_modules"],
+        )
+    registry.record_bundle(
+        manifest["bundle_id"], adapters[0].base_model, str(bundle_path.resolve()), manifest
+    )
+    for member in manifest["members"]:
+        registry.move_alias(member["task"], manifest["bundle_id"], reason="hydracat demo", actor="demo")
