@@ -1,6 +1,7 @@
 """The object store interface, key validation and store errors."""
 
 import hashlib
+import io
 import re
 import unicodedata
 from abc import ABC, abstractmethod
@@ -96,11 +97,16 @@ class ObjectStore(ABC):
     given), and verify the stored object afterwards; a mismatch raises ChecksumMismatchError.
     """
 
-    @abstractmethod
-    def put_file(self, key: str, path: str | Path, sha256: str | None = None) -> ObjectInfo: ...
+    def put_file(self, key: str, path: str | Path, sha256: str | None = None) -> ObjectInfo:
+        with open(path, "rb") as source:
+            return self._put(key, source, sha256)
+
+    def put_bytes(self, key: str, data: bytes, sha256: str | None = None) -> ObjectInfo:
+        return self._put(key, io.BytesIO(data), sha256)
 
     @abstractmethod
-    def put_bytes(self, key: str, data: bytes, sha256: str | None = None) -> ObjectInfo: ...
+    def _put(self, key: str, source: BinaryIO, expected: str | None) -> ObjectInfo:
+        """Store the rest of `source` under `key`, verified against `expected` when given."""
 
     @abstractmethod
     def get_bytes(self, key: str) -> bytes: ...

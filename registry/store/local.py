@@ -1,6 +1,5 @@
 """Object store in a local folder: key "a/b" is the file <root>/a/b."""
 
-import io
 import os
 import shutil
 import tempfile
@@ -29,13 +28,6 @@ class LocalStore(ObjectStore):
 
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*validate_key(key).split("/"))
-
-    def put_file(self, key: str, path: str | Path, sha256: str | None = None) -> ObjectInfo:
-        with open(path, "rb") as source:
-            return self._put(key, source, sha256)
-
-    def put_bytes(self, key: str, data: bytes, sha256: str | None = None) -> ObjectInfo:
-        return self._put(key, io.BytesIO(data), sha256)
 
     def _put(self, key: str, source: BinaryIO, expected: str | None) -> ObjectInfo:
         target = self._path(key)

@@ -57,13 +57,6 @@ class S3Store(ObjectStore):
         key = validate_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def put_file(self, key: str, path: str | Path, sha256: str | None = None) -> ObjectInfo:
-        with open(path, "rb") as source:
-            return self._put(key, source, sha256)
-
-    def put_bytes(self, key: str, data: bytes, sha256: str | None = None) -> ObjectInfo:
-        return self._put(key, io.BytesIO(data), sha256)
-
     def _put(self, key: str, source: BinaryIO, expected: str | None) -> ObjectInfo:
         full = self._full(key)
         digest, size = sha256_of(source)
