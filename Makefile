@@ -7,7 +7,7 @@ export PREFECT_HOME ?= $(CURDIR)/.cache/prefect
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench bench-registry clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/hydracat bench merge --json .cache/bench-merge.json
+
+# MLflow is the registry benchmark's peer only, so it is installed here and nowhere else.
+bench-registry: $(STAMP)
+	$(BIN)/pip install -e '.[dev,bench]' 'prefect==3.8.8' 'fastapi>=0.139,<0.151' torch==2.13.0
+	$(BIN)/hydracat bench registry --json .cache/bench-registry.json
 
 clean:
 	rm -rf $(VENV) .cache
