@@ -5,12 +5,13 @@ it, 403 with a wrong one, 503 when the server has no token configured. Registry 
 404 (not found), 409 (conflict) and 400 (invalid request) with ``{"detail": message}``.
 """
 
+import json
 import logging
 import secrets
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
@@ -18,6 +19,11 @@ from registry.api import Registry
 from registry.errors import ConflictError, NotFoundError, RegistryError
 
 log = logging.getLogger(__name__)
+
+
+def json_response(data: dict | list) -> Response:
+    """The registry's dicts are plain JSON already: serialise once, skip FastAPI's encoder."""
+    return Response(json.dumps(data), media_type="application/json")
 
 
 class RollbackRequest(BaseModel):
@@ -50,22 +56,22 @@ def create_app(registry: Registry, token: str | None) -> FastAPI:
         return JSONResponse({"detail": "internal error, see the server log"}, status_code=500)
 
     @app.get("/v1/tasks/{task}/bundle")
-    def current_bundle(task: str) -> dict:
-        return registry.current_bundle(task)
+    def current_bundle(task: str) -> Response:
+        return json_response(registry.current_bundle(task))
 
     @app.get("/v1/tasks/{task}/history")
-    def history(task: str) -> list[dict]:
-        return registry.history(task)
+    def history(task: str) -> Response:
+        return json_response(registry.history(task))
 
     @app.get("/v1/bundles/{bundle_id}")
-    def bundle(bundle_id: str) -> dict:
-        return registry.get_bundle(bundle_id)
+    def bundle(bundle_id: str) -> Response:
+        return json_response(registry.get_bundle(bundle_id))
 
     @app.get("/v1/adapters")
     def adapters(
         base_model: str | None = None, status: str | None = None, name: str | None = None
-    ) -> list[dict]:
-        return registry.list_adapters(base_model=base_model, status=status, name=name)
+    ) -> Response:
+        return json_response(registry.list_adapters(base_model=base_model, status=status, name=name))
 
     @app.post("/v1/tasks/{task}/rollback", dependencies=[Depends(require_token)])
     def rollback(task: str, body: RollbackRequest | None = None) -> dict:
