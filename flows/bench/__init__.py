@@ -1,6 +1,29 @@
 """`hydracat bench ...`: reproducible benchmarks that write JSON."""
 
 import argparse
+import os
+import platform
+from pathlib import Path
+
+
+def host_info() -> dict:
+    """The machine a benchmark ran on: CPU model, cores, memory, Python."""
+    import psutil
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu_model": cpu,
+        "cpu_count": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+    }
 
 
 def add_bench_command(subparsers: argparse._SubParsersAction) -> None:

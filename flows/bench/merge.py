@@ -12,7 +12,6 @@ source adapters.
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -276,27 +275,15 @@ def run_child(spec: str, config: BenchConfig) -> dict:
 
 def machine_info() -> dict:
     import peft
-    import psutil
 
+    from flows.bench import host_info
     from hydraopt.device import resolve_device
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu_model": cpu,
-        "cpu_count": os.cpu_count(),
+    return host_info() | {
         "torch_threads": torch.get_num_threads(),
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "torch_version": torch.__version__,
         "peft_version": peft.__version__,
         "device": str(resolve_device(None)),
-        "python": platform.python_version(),
     }
 
 

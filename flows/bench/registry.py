@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import random
 import socket
 import statistics
@@ -407,25 +406,9 @@ def machine_info() -> dict:
     import sqlalchemy
     import uvicorn
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        import psutil
+    from flows.bench import host_info
 
-        memory_gb = round(psutil.virtual_memory().total / 2**30, 1)
-    except ImportError:
-        memory_gb = None
-    return {
-        "cpu_model": cpu,
-        "cpu_count": os.cpu_count(),
-        "memory_gb": memory_gb,
-        "python": platform.python_version(),
+    return host_info() | {
         "sqlalchemy_version": sqlalchemy.__version__,
         "fastapi_version": fastapi.__version__,
         "uvicorn_version": uvicorn.__version__,
