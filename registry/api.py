@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -51,6 +51,29 @@ from registry.store import ObjectStore, open_store
 T = TypeVar("T")
 MANIFEST_NAME = "manifest.json"
 
+# Built once: constructing this select costs as much as running it.
+CURRENT_BUNDLE_QUERY = (
+    select(
+        Bundle.id,
+        Bundle.uri,
+        Bundle.manifest,
+        BaseModel.name,
+        BaseModel.revision,
+        BundleMember.head,
+        Adapter.id,
+        Adapter.name,
+        Adapter.version,
+        Adapter.sha256,
+        TaskAlias.updated_at,
+    )  # fmt: skip
+    .join(Task, Task.id == TaskAlias.task_id)
+    .join(Bundle, Bundle.id == TaskAlias.bundle_id)
+    .join(BaseModel, BaseModel.id == Bundle.base_model_id)
+    .join(BundleMember, (BundleMember.bundle_id == Bundle.id) & (BundleMember.task_id == Task.id))
+    .join(Adapter, Adapter.id == BundleMember.adapter_id)
+    .where(Task.name == bindparam("task"), TaskAlias.alias == bindparam("alias"))
+)
+
 
 class Registry:
     """Adapters, bundles and task aliases in the registry database.
@@ -61,6 +84,7 @@ class Registry:
 
     def __init__(self, sessions: sessionmaker[Session] | Engine, store: ObjectStore | None = None):
         self._sessions = session_factory(sessions) if isinstance(sessions, Engine) else sessions
+        self._engine: Engine = self._sessions.kw["bind"]
         self.store = store
 
     @classmethod
@@ -311,33 +335,15 @@ class Registry:
     def current_bundle(self, task: str, alias: str = CURRENT_ALIAS) -> dict:
         """The bundle `alias` of `task` points at, in the shape shared by CLI and HTTP.
 
-        One joined query on the hot path; the misses find out which error applies.
+        The hot path: one prebuilt joined statement on a Core connection (no ORM session);
+        the misses find out which error applies.
         """
-        with self._read() as session:
-            row = session.execute(
-                select(
-                    Bundle.id,
-                    Bundle.uri,
-                    Bundle.manifest,
-                    BaseModel.name,
-                    BaseModel.revision,
-                    BundleMember.head,
-                    Adapter.id,
-                    Adapter.name,
-                    Adapter.version,
-                    Adapter.sha256,
-                    TaskAlias.updated_at,
-                )  # fmt: skip
-                .join(Task, Task.id == TaskAlias.task_id)
-                .join(Bundle, Bundle.id == TaskAlias.bundle_id)
-                .join(BaseModel, BaseModel.id == Bundle.base_model_id)
-                .join(BundleMember, (BundleMember.bundle_id == Bundle.id) & (BundleMember.task_id == Task.id))
-                .join(Adapter, Adapter.id == BundleMember.adapter_id)
-                .where(Task.name == task, TaskAlias.alias == alias)
-            ).one_or_none()
-            if row is None:
+        with self._engine.connect() as connection:
+            row = connection.execute(CURRENT_BUNDLE_QUERY, {"task": task, "alias": alias}).one_or_none()
+        if row is None:
+            with self._read() as session:
                 _task(session, task)
-                raise AliasNotSetError(task, alias)
+            raise AliasNotSetError(task, alias)
         bundle_id, uri, manifest, base_name, base_revision, head, *adapter, updated_at = row
         return {
             "task": task,
