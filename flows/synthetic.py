@@ -15,11 +15,11 @@ from hydraopt.formats.peft_lora import write_peft_lora
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
-def tiny_llama_config():
+def tiny_llama_config(vocab_size: int = 128):
     from transformers import LlamaConfig
 
     return LlamaConfig(
-        vocab_size=128,
+        vocab_size=vocab_size,
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
@@ -39,6 +39,36 @@ def build_tiny_base(folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = LlamaForCausalLM(tiny_llama_config())
     model.save_pretrained(folder)
+    return folder
+
+
+def build_tiny_lm(folder: Path, texts: list[str], seed: int = 0) -> Path:
+    """A tiny random Llama with a real word-level tokenizer over the words of `texts` (reused when present).
+
+    The tokenizer is a `tokenizers` WordLevel model saved as `tokenizer.json`, so
+    `AutoTokenizer.from_pretrained(folder)` loads it like any other.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+    if (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file():
+        return folder
+    special = ["<pad>", "</s>", "<unk>"]
+    split = pre_tokenizers.WhitespaceSplit()
+    words = sorted({word for text in texts for word, _ in split.pre_tokenize_str(text)} - set(special))
+    vocab = {token: i for i, token in enumerate(special + words)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = split
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
+    torch.manual_seed(seed)
+    config = tiny_llama_config(len(vocab))
+    config.pad_token_id, config.eos_token_id = vocab["<pad>"], vocab["</s>"]
+    staging = folder.with_name(folder.name + ".partial")
+    LlamaForCausalLM(config).save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    staging.rename(folder)
     return folder
 
 

@@ -210,39 +210,36 @@ class Registry:
         metrics = manifest.get("metrics", {}) if metrics is None else metrics
         if base_revision is None:
             base_revision = (manifest.get("base_model") or {}).get("revision")
-        member_tasks = [member["task"] for member in members]
-        if not members or len(set(member_tasks)) != len(member_tasks):
-            raise InvalidRequestError(f"bundle {bundle_id!r} needs members with distinct tasks")
+        self._check_published(uri)
+        return self._write(
+            lambda session: _record_bundle(
+                session, bundle_id, base_model, base_revision, uri, manifest, members, metrics
+            )
+        )
+
+    def publish_bundle(self, manifest: dict, uri: str, *, reason: str, actor: str) -> dict:
+        """Record the bundle of `manifest` and point every member task's "current" alias at it.
+
+        One transaction: either the bundle row, its lineage and every alias move are visible, or
+        none is. Its objects must already be in the store. Tasks already on this bundle are not
+        moved again, so a rerun of a publish that committed changes nothing.
+        Returns {"bundle": ..., "moves": [alias events]}.
+        """
+        bundle_id, members = manifest["bundle_id"], manifest["members"]
+        base = manifest["base_model"]
         self._check_published(uri)
 
         def work(session: Session) -> dict:
-            bundle = session.get(Bundle, bundle_id)
-            if bundle is not None:
-                if bundle.uri != uri:
-                    raise ConflictError(f"bundle {bundle_id!r} is already recorded at {bundle.uri}")
-                return bundle_dict(bundle)
-            bundle = Bundle(
-                id=bundle_id,
-                base_model=_base_model(session, base_model, base_revision),
-                uri=uri,
-                manifest=manifest,
-            )
-            session.add(bundle)
-            tasks = {}
-            for member in members:
-                task = tasks[member["task"]] = _task(session, member["task"], create=True)
-                adapter = _member_adapter(session, member)
-                bundle.members.append(BundleMember(adapter=adapter, task=task, head=int(member["head"])))
-            for task_name, values in metrics.items():
-                if task_name not in tasks:
-                    raise InvalidRequestError(f"metrics name task {task_name!r}, not a bundle member")
-                bundle.evaluations.extend(
-                    Evaluation(task=tasks[task_name], metric=metric, value=float(value))
-                    for metric, value in values.items()
-                    if isinstance(value, int | float) and not isinstance(value, bool)
-                )
-            session.flush()
-            return bundle_dict(bundle)
+            bundle = _record_bundle(
+                session, bundle_id, base["name"], base.get("revision"), uri, manifest, members,
+                manifest.get("metrics", {}),
+            )  # fmt: skip
+            moves = []
+            for task in sorted(member["task"] for member in members):
+                task_row = _lock_task(session, task)
+                if _alias_target(session, task_row, CURRENT_ALIAS) != bundle_id:
+                    moves.append(_move(session, task_row, CURRENT_ALIAS, bundle_id, "move", reason, actor))
+            return {"bundle": bundle, "moves": moves}
 
         return self._write(work)
 
@@ -423,6 +420,50 @@ def _member_adapter(session: Session, member: dict) -> Adapter:
 
 def _member(session: Session, bundle_id: str, task: Task) -> BundleMember | None:
     return session.scalar(select(BundleMember).filter_by(bundle_id=bundle_id, task_id=task.id))
+
+
+def _record_bundle(
+    session: Session,
+    bundle_id: str,
+    base_model: str,
+    base_revision: str | None,
+    uri: str,
+    manifest: dict,
+    members: list[dict],
+    metrics: dict[str, dict[str, Any]],
+) -> dict:
+    """The bundle row, its members and evaluations; the existing row if already recorded."""
+    member_tasks = [member["task"] for member in members]
+    if not members or len(set(member_tasks)) != len(member_tasks):
+        raise InvalidRequestError(f"bundle {bundle_id!r} needs members with distinct tasks")
+    bundle = session.get(Bundle, bundle_id)
+    if bundle is not None:
+        if bundle.uri != uri:
+            raise ConflictError(f"bundle {bundle_id!r} is already recorded at {bundle.uri}")
+        return bundle_dict(bundle)
+    bundle = Bundle(
+        id=bundle_id, base_model=_base_model(session, base_model, base_revision), uri=uri, manifest=manifest
+    )
+    session.add(bundle)
+    tasks = {}
+    for member in members:
+        task = tasks[member["task"]] = _task(session, member["task"], create=True)
+        adapter = _member_adapter(session, member)
+        bundle.members.append(BundleMember(adapter=adapter, task=task, head=int(member["head"])))
+    for task_name, values in metrics.items():
+        if task_name not in tasks:
+            raise InvalidRequestError(f"metrics name task {task_name!r}, not a bundle member")
+        bundle.evaluations.extend(
+            Evaluation(task=tasks[task_name], metric=metric, value=float(value))
+            for metric, value in values.items()
+            if isinstance(value, int | float) and not isinstance(value, bool)
+        )
+    session.flush()
+    return bundle_dict(bundle)
+
+
+def _alias_target(session: Session, task: Task, alias: str) -> str | None:
+    return session.scalar(select(TaskAlias.bundle_id).filter_by(task_id=task.id, alias=alias))
 
 
 def _move(

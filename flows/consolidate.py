@@ -1,0 +1,376 @@
+"""`consolidate`: merge each group of compatible adapters, evaluate, publish behind the gate.
+
+1. Plan: the newest active version of every registered adapter, downloaded once (cached by
+   sha256 under HYDRACAT_WORK_DIR) and grouped by compatibility key (base model, revision,
+   adapter type, module shapes).
+2. One task per group, run concurrently; a Prefect global concurrency limit per group (one slot)
+   keeps two runs from merging or publishing the same group at once. A group whose every task
+   already serves a bundle of exactly these adapter versions, method and parameters is skipped.
+3. Merge (`hydraopt.merge_adapters`, or `auto`: the smallest HydraOpt setting that passes the
+   gate, tasks that never pass are left on their original adapters), then evaluate each task:
+   on its eval set (``eval.jsonl`` beside the adapter) with the base model from
+   HYDRACAT_MODELS_DIR, or, without one, in weight space (1 − relative reconstruction error).
+4. Publish if the gate passes: bundle objects are uploaded first (manifest last), then one
+   registry transaction records the bundle, its lineage and metrics and moves every member task's
+   "current" alias. A crash in between leaves no visible change; a rerun completes it.
+"""
+
+import hashlib
+import tempfile
+from pathlib import Path
+from typing import Annotated, Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
+from prefect.context import get_run_context
+from pydantic import Field
+
+from flows.catalog import EVAL_FILE, RETRIES
+from flows.resources import base_model_folder, open_registry
+from flows.settings import FlowSettings, model_folder_name
+from hydraopt.adapter import Adapter
+from hydraopt.evaluation import Evaluator, Gate, TaskScore, auto_hydraopt
+from hydraopt.evaluation.suite import TaskSet, read_task_jsonl
+from hydraopt.formats.bundle import write_bundle
+from hydraopt.formats.peft_lora import load_adapter
+from hydraopt.merge import MergeResult, merge_adapters
+from hydraopt.metrics import reconstruction_errors
+from registry.api import Registry
+from registry.errors import RegistryError
+
+Method = Literal["hydraopt", "auto", "task_arithmetic", "ties", "dare_linear", "dare_ties"]
+Heads = Annotated[int | None, Field(ge=1, description="B' heads K (default: one per task)")]
+Rank = Annotated[int | None, Field(ge=1, description="rank r' of A' (default: max source rank)")]
+MinRetention = Annotated[float, Field(gt=0, le=1, description="gate: minimum retention per task")]
+BaseModelFilter = Annotated[str | None, Field(description="only this base model's adapters")]
+DryRun = Annotated[bool, Field(description="merge and evaluate, publish nothing")]
+
+
+# planning
+
+
+def newest_active(rows: list[dict], base_model: str | None) -> list[dict]:
+    """Per adapter name, its most recently registered active version."""
+    newest: dict[str, dict] = {}
+    for row in rows:
+        if row["status"] != "active" or (base_model and row["base_model"]["name"] != base_model):
+            continue
+        if row["name"] not in newest or row["id"] > newest[row["name"]]["id"]:
+            newest[row["name"]] = row
+    return [newest[name] for name in sorted(newest)]
+
+
+def fetch(registry: Registry, row: dict, cache: Path) -> Path:
+    """The adapter folder of a registry row, downloaded once per sha256."""
+    folder = cache / row["sha256"]
+    if folder.is_dir():
+        return folder
+    key = registry.store.key_for(row["uri"])
+    if key is None:
+        raise ValueError(f"adapter {row['name']} {row['version']}: {row['uri']} is not in the object store")
+    staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=cache))
+    for file in ("adapter_config.json", "adapter_model.safetensors", EVAL_FILE):
+        if file != EVAL_FILE or registry.store.exists(f"{key}/{file}"):
+            registry.store.download(f"{key}/{file}", staging / file)
+    staging.rename(folder)
+    return folder
+
+
+def load_member(row: dict, folder: Path) -> Adapter:
+    adapter = load_adapter(folder, task=row["name"])
+    if adapter.sha256 != row["sha256"]:
+        raise ValueError(f"adapter {row['name']} {row['version']}: sha256 differs from the registry's")
+    adapter.name, adapter.version, adapter.adapter_id = row["name"], row["version"], row["id"]
+    return adapter
+
+
+def group_label(adapter: Adapter) -> str:
+    """`<base-model-slug>-<hash of the compatibility key>`: names the group and its lock."""
+    key = adapter.compat_key()
+    digest = hashlib.sha256(
+        repr((key.base_model, key.revision, key.adapter_type, sorted(key.modules))).encode()
+    )
+    return f"{model_folder_name(adapter.base_model)}-{digest.hexdigest()[:8]}".lower()
+
+
+def requested_params(method: str, heads: int | None, rank: int | None) -> dict:
+    params = {"heads": heads, "rank": rank} if method in ("hydraopt", "auto") else {"rank": rank}
+    return {name: value for name, value in params.items() if value is not None}
+
+
+def already_served(registry: Registry, adapters: list[Adapter], method: str, params: dict) -> bool:
+    """Every task's current bundle was made from exactly these adapters, method and params."""
+    members = sorted((a.task_name, a.sha256) for a in adapters)
+    for adapter in adapters:
+        try:
+            manifest = registry.current_bundle(adapter.task_name)["manifest"]
+        except RegistryError:
+            return False
+        served = sorted((m["task"], m["sha256"]) for m in manifest["members"])
+        made_by = manifest.get("consolidate", {})
+        if served != members or made_by.get("method") != method or made_by.get("params") != params:
+            return False
+    return True
+
+
+# evaluation
+
+
+def eval_sets(adapters: list[Adapter]) -> list[TaskSet]:
+    return [
+        read_task_jsonl(a.path / EVAL_FILE, name=a.task_name)
+        for a in adapters
+        if (a.path / EVAL_FILE).is_file()
+    ]
+
+
+def weight_space_scores(adapters: list[Adapter], result: MergeResult) -> dict[str, TaskScore]:
+    errors = reconstruction_errors(adapters, result)
+    return {
+        task: TaskScore(task, "weight_space", 1.0 - error["relative_error"], 0)
+        for task, error in errors.items()
+    }
+
+
+class GroupEvaluator:
+    """Scores merges of one group: function space where an eval set and the base model exist."""
+
+    def __init__(self, adapters: list[Adapter], device: str | None):
+        self.adapters = adapters
+        tasks = eval_sets(adapters)
+        base = base_model_folder(adapters[0].base_model)
+        self.evaluator = None
+        if tasks and base is not None:
+            from flows.base_models import load_causal_lm
+
+            model, tokenizer = load_causal_lm(base, device)
+            self.evaluator = Evaluator(model, tokenizer, tasks)
+        with_eval = {t.name for t in tasks} if self.evaluator else set()
+        self.function_space = [a for a in adapters if a.task_name in with_eval]
+        self.originals = {a.task_name: TaskScore(a.task_name, "weight_space", 1.0, 0) for a in adapters}
+        if self.evaluator:
+            self.originals |= self.evaluator.originals(self.function_space)
+
+    def __call__(self, result: MergeResult) -> dict[str, TaskScore]:
+        members = [a for a in self.adapters if a.task_name in result.tasks]
+        scores = weight_space_scores(members, result)
+        if self.evaluator:
+            in_result = [a for a in self.function_space if a.task_name in result.tasks]
+            if in_result:
+                scores |= self.evaluator.merged(_restrict(result, [a.task_name for a in in_result]))
+        return scores
+
+
+def _restrict(result: MergeResult, tasks: list[str]) -> MergeResult:
+    """The same merge, listing only `tasks` (for scoring a subset)."""
+    from dataclasses import replace
+
+    return replace(result, tasks=tasks, assignment={t: result.assignment[t] for t in tasks})
+
+
+# publishing
+
+
+def upload_bundle(registry: Registry, folder: Path, key: str) -> str:
+    """Every file of the bundle folder under `key`, manifest.json last; returns the bundle URI."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    files.sort(key=lambda p: p.name == "manifest.json")
+    for path in files:
+        registry.store.put_file(f"{key}/{path.relative_to(folder).as_posix()}", path)
+    return registry.store.uri_for(key)
+
+
+def metrics_of(scores: dict[str, TaskScore], originals: dict[str, TaskScore], decision) -> dict:
+    return {
+        task: {
+            "metric_value": score.value,
+            "original_value": originals[task].value,
+            "retention": decision.verdicts[task].retention,
+            **({"agreement": score.agreement, "kl": score.kl} if score.agreement is not None else {}),
+        }
+        for task, score in scores.items()
+    }
+
+
+@task(cache_policy=NO_CACHE, task_run_name="consolidate {label}")
+def consolidate_group(
+    label: str,
+    rows: list[dict],
+    method: str,
+    heads: int | None,
+    rank: int | None,
+    min_retention: float,
+    dry_run: bool,
+    flow_run_id: str,
+) -> dict:
+    """Merge, evaluate and (unless dry run) publish one group, holding the group's lock."""
+    with concurrency(group_lock(label), occupy=1, strict=True):
+        return merge_evaluate_publish(label, rows, method, heads, rank, min_retention, dry_run, flow_run_id)
+
+
+def merge_evaluate_publish(
+    label: str,
+    rows: list[dict],
+    method: str,
+    heads: int | None,
+    rank: int | None,
+    min_retention: float,
+    dry_run: bool,
+    flow_run_id: str,
+) -> dict:
+    """The work of `consolidate_group`; returns the group's summary and its per-task rows."""
+    logger = get_run_logger()
+    settings = FlowSettings.from_env()
+    registry = open_registry()
+    cache = settings.work_dir / "adapters"
+    cache.mkdir(parents=True, exist_ok=True)
+    adapters = [load_member(row, fetch(registry, row, cache)) for row in rows]
+    params = requested_params(method, heads, rank)
+    if already_served(registry, adapters, method, params):
+        logger.info("group %s: unchanged since its current bundle, skipped", label)
+        return {"group": label, "status": "unchanged", "tasks": []}
+    gate = Gate(min_retention)
+    evaluate = GroupEvaluator(adapters, settings.device)
+    excluded: dict[str, str] = {}
+    if method == "auto":
+        outcome = auto_hydraopt(adapters, evaluate, evaluate.originals, gate=gate, device=settings.device)
+        excluded = outcome.excluded
+        if outcome.result is None:
+            return {"group": label, "status": "gate failed", "tasks": [], "excluded": excluded}
+        result, decision = outcome.result, outcome.decision
+        scores = evaluate(result)
+    else:
+        result = merge_adapters(adapters, method, device=settings.device, **params)
+        scores = evaluate(result)
+        decision = gate.decide(evaluate.originals, scores)
+    members = [a for a in adapters if a.task_name in result.tasks]
+    tasks = [
+        {
+            "group": label,
+            "task": task,
+            "head": result.assignment[task],
+            "metric": scores[task].metric,
+            "original": evaluate.originals[task].value,
+            "merged": scores[task].value,
+            "retention": verdict.retention,
+            "passed": verdict.passed,
+            "reason": verdict.reason,
+        }
+        for task, verdict in decision.verdicts.items()
+    ]
+    tasks += [
+        {"group": label, "task": t, "passed": False, "reason": f"left on its adapter: {why}"}
+        for t, why in excluded.items()
+    ]
+    summary = {
+        "group": label,
+        "method": method,
+        "heads": result.heads,
+        "rank": result.rank,
+        "tasks": tasks,
+        "excluded": excluded,
+    }
+    if not decision.publish:
+        logger.warning("group %s: gate failed for %s; nothing published", label, decision.failing)
+        return summary | {"status": "gate failed"}
+    if dry_run:
+        return summary | {"status": "dry run: would publish"}
+    extra = {
+        "flow_run_id": flow_run_id,
+        "consolidate": {"method": method, "params": params},
+        "gate": decision.to_dict(),
+    }
+    with tempfile.TemporaryDirectory(prefix="hydracat-bundle-", dir=settings.work_dir) as tmp:
+        manifest = write_bundle(
+            members,
+            result,
+            Path(tmp) / "bundle",
+            metrics=metrics_of(scores, evaluate.originals, decision),
+            extra=extra,
+        )
+        key = f"bundles/{model_folder_name(members[0].base_model)}/{manifest['bundle_id']}"
+        uri = publish_objects(Path(tmp) / "bundle", key)
+    published = publish_records(manifest, uri, flow_run_id)
+    logger.info(
+        "group %s: published bundle %s, %d alias moves", label, manifest["bundle_id"], len(published["moves"])
+    )
+    storage = manifest["storage"]["ratio"]
+    return summary | {"status": "published", "bundle_id": manifest["bundle_id"], "storage_ratio": storage}
+
+
+@task(**RETRIES, cache_policy=NO_CACHE)
+def publish_objects(folder: Path, key: str) -> str:
+    return upload_bundle(open_registry(), folder, key)
+
+
+@task(**RETRIES, cache_policy=NO_CACHE)
+def publish_records(manifest: dict, uri: str, flow_run_id: str) -> dict:
+    return open_registry().publish_bundle(manifest, uri, reason="consolidate", actor=f"prefect:{flow_run_id}")
+
+
+def group_lock(label: str) -> str:
+    """A one-slot global concurrency limit for the group, created on first use."""
+    from prefect.client.orchestration import get_client
+
+    name = f"hydracat-group-{label}"
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except Exception:  # noqa: BLE001 - ObjectNotFound: create it
+            client.upsert_global_concurrency_limit_by_name(name, 1)
+    return name
+
+
+@task(**RETRIES, cache_policy=NO_CACHE)
+def plan_groups(base_model: str | None) -> dict[str, list[dict]]:
+    """Newest active adapter versions grouped by compatibility key: {label: [registry rows]}."""
+    registry = open_registry()
+    cache = FlowSettings.from_env().work_dir / "adapters"
+    cache.mkdir(parents=True, exist_ok=True)
+    groups: dict[str, list[dict]] = {}
+    for row in newest_active(registry.list_adapters(status="active"), base_model):
+        groups.setdefault(group_label(load_member(row, fetch(registry, row, cache))), []).append(row)
+    return groups
+
+
+@flow(name="consolidate")
+def consolidate(
+    method: Method = "hydraopt",
+    heads: Heads = None,
+    rank: Rank = None,
+    min_retention: MinRetention = 0.97,
+    base_model: BaseModelFilter = None,
+    dry_run: DryRun = False,
+) -> dict:
+    """Merge every group of compatible adapters, evaluate, and publish the ones that pass the gate."""
+    logger = get_run_logger()
+    flow_run_id = str(get_run_context().flow_run.id)
+    groups = plan_groups(base_model)
+    logger.info("%d group(s): %s", len(groups), ", ".join(f"{k} ({len(v)})" for k, v in groups.items()))
+    futures = [
+        consolidate_group.submit(label, rows, method, heads, rank, min_retention, dry_run, flow_run_id)
+        for label, rows in groups.items()
+    ]
+    results = [future.result() for future in futures]
+    rows = [row for result in results for row in result["tasks"]]
+    create_table_artifact(
+        key="consolidate-tasks",
+        table=rows or [{"result": "no tasks evaluated"}],
+        description="per task: metric before and after the merge, retention, gate",
+    )
+    create_markdown_artifact(key="consolidate-summary", markdown=summary_markdown(results, dry_run))
+    return {"groups": results, "published": [r["bundle_id"] for r in results if r["status"] == "published"]}
+
+
+def summary_markdown(results: list[dict], dry_run: bool) -> str:
+    lines = ["| group | status | method | K | r' | storage | tasks |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        storage = f"{r['storage_ratio']:.3f}" if "storage_ratio" in r else "-"
+        lines.append(
+            f"| {r['group']} | {r['status']} | {r.get('method', '-')} | {r.get('heads', '-')} | "
+            f"{r.get('rank', '-')} | {storage} | {len(r['tasks'])} |"
+        )
+    title = "# consolidate (dry run)" if dry_run else "# consolidate"
+    return "\n".join([title, "", *lines])

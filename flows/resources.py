@@ -1,0 +1,50 @@
+"""What every flow opens from the settings, and which failures are worth a retry."""
+
+from pathlib import Path
+
+from flows.settings import FlowSettings, model_folder_name
+from registry.api import Registry
+from registry.settings import Settings
+
+
+def open_registry() -> Registry:
+    """The registry and object store named by the HYDRACAT_* environment (read on each call)."""
+    registry = Registry.from_settings(Settings.from_env())
+    if registry.store is None:
+        raise RuntimeError("no object store configured")
+    return registry
+
+
+def base_model_folder(base_model: str) -> Path | None:
+    """The local folder of `base_model` under HYDRACAT_MODELS_DIR, or None if not installed."""
+    folder = FlowSettings.from_env().models_dir / model_folder_name(base_model)
+    return folder if (folder / "config.json").is_file() else None
+
+
+def is_transient(error: BaseException | None) -> bool:
+    """Network, timeout, throttling and server-side errors of S3 or the database."""
+    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    if isinstance(error, ConnectionError | HTTPClientError | OperationalError | TimeoutError | OSError):
+        return not isinstance(error, FileNotFoundError | PermissionError)
+    if isinstance(error, DBAPIError):
+        return bool(error.connection_invalidated)
+    if isinstance(error, ClientError):
+        response = error.response
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return status >= 500 or response.get("Error", {}).get("Code") in {
+            "Throttling",
+            "SlowDown",
+            "RequestTimeout",
+        }
+    return False
+
+
+def transient_error(_task, _task_run, state) -> bool:
+    """Prefect `retry_condition_fn`: retry only transient failures."""
+    try:
+        error = state.result(raise_on_failure=False)
+    except Exception as exc:  # noqa: BLE001 - the result itself may be the failure
+        error = exc
+    return is_transient(error if isinstance(error, BaseException) else None)

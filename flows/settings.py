@@ -1,0 +1,37 @@
+"""Settings of the flows, read from environment variables (the registry's own are in `registry.settings`).
+
+- ``HYDRACAT_MODELS_DIR``: folder of base models, one Hugging Face model folder per base model,
+  named after the model with ``/`` replaced by ``--`` (``HuggingFaceTB--SmolLM2-135M-Instruct``).
+  Default: ``$XDG_DATA_HOME/hydracat/models``.
+- ``HYDRACAT_WORK_DIR``: scratch folder for downloaded adapters and staged bundles.
+  Default: ``$XDG_DATA_HOME/hydracat/work``.
+- ``HYDRACAT_DEVICE``: ``cuda`` or ``cpu`` for merges and evaluation (default: cuda when present).
+"""
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from registry.settings import data_dir
+
+
+@dataclass(frozen=True)
+class FlowSettings:
+    models_dir: Path
+    work_dir: Path
+    device: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "FlowSettings":
+        folder = data_dir(env)
+        return cls(
+            models_dir=Path(env.get("HYDRACAT_MODELS_DIR") or folder / "models"),
+            work_dir=Path(env.get("HYDRACAT_WORK_DIR") or folder / "work"),
+            device=env.get("HYDRACAT_DEVICE") or None,
+        )
+
+
+def model_folder_name(base_model: str) -> str:
+    """`org/name` -> `org--name`: the folder of a base model under HYDRACAT_MODELS_DIR."""
+    return base_model.replace("/", "--")

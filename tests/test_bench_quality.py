@@ -1,0 +1,63 @@
+"""`hydracat bench quality` at tiny scale (tiny model, 3 tasks, few steps), through the real CLI."""
+
+import json
+
+import pytest
+
+from flows.cli import main
+from hydraopt.evaluation import read_suite
+
+TASKS = ["sentiment", "capitalise_names", "arithmetic"]
+RANKS = [2, 4]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[dict, dict]:
+    folder = tmp_path_factory.mktemp("bench-quality")
+    out, png = folder / "quality.json", folder / "quality.png"
+    argv = [
+        "bench", "quality", "--base", "tiny", "--json", str(out), "--plot", str(png), "--tasks", *TASKS,
+        "--rank", "4", "--ranks", "2,4", "--heads", "1,2,0", "--steps", "4", "--batch-size", "4",
+        "--train-size", "16", "--eval-size", "6", "--cache", str(folder / "cache"),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    return json.loads(out.read_text()), {"folder": folder, "png": png}
+
+
+def test_every_setting_is_reported_with_storage_and_retention(run):
+    report, _ = run
+    names = [row["name"] for row in report["results"]]
+    hydra = [f"hydraopt K={k} r'={r}" for k in (1, 2, 3) for r in RANKS]
+    assert names == ["individual", "task_arithmetic", "ties", "dare_linear", "dare_ties", *hydra]
+    n = len(TASKS)
+    for row in report["results"]:
+        assert set(row["tasks"]) == set(TASKS)
+        if row["method"] == "hydraopt":
+            # (r'·Σd_in + K·r'·Σd_out) / (N·r·(Σd_in + Σd_out)) with the tiny Llama's q, k, v, o
+            sum_in, sum_out = 4 * 64, 2 * 64 + 2 * 32
+            expected = (row["rank"] * sum_in + row["heads"] * row["rank"] * sum_out) / (
+                n * 4 * (sum_in + sum_out)
+            )
+            assert row["storage_ratio"] == pytest.approx(expected)
+        elif row["method"] != "individual":
+            assert row["storage_ratio"] == pytest.approx(1 / n)
+    assert report["config"]["notice"] and "tiny" in report["config"]["notice"]
+    assert set(report["targets"]) == {
+        "hydraopt_at_most_55pct_storage",
+        "hydraopt_k1_vs_best_baseline",
+        "auto_no_larger_than_smallest_passing",
+    }
+
+
+def test_suite_and_adapters_are_cached_and_the_plot_is_written(run):
+    _, files = run
+    assert [task.name for task in read_suite(files["folder"] / "cache" / "suite")] == sorted(TASKS)
+    adapters = list((files["folder"] / "cache" / "adapters").glob("*/*/adapter_model.safetensors"))
+    assert len(adapters) == len(TASKS)
+    assert files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_auto_uses_the_sweep_grid(run):
+    report, _ = run
+    tried = {(t["heads"], t["rank"]) for t in report["auto"]["tried"]}
+    assert tried <= {(k, r) for k in (1, 2, 3) for r in RANKS}

@@ -1,0 +1,159 @@
+"""The Prefect flows end to end: real flow runs (prefect_test_harness), boto3 over HTTP to a moto
+server, the registry on SQLite and on PostgreSQL, real PEFT loading of what gets published."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from flows.catalog import sync_catalog
+from flows.consolidate import consolidate
+from flows.nightly import nightly
+from flows.synthetic import llama_attention_shapes, write_random_lora
+from hydraopt.evaluation.suite import write_task_jsonl
+from registry.api import Registry
+from registry.db import make_engine
+from registry.errors import NotFoundError
+from registry.store.s3 import S3Store
+from tests.registry_fixtures import (  # noqa: F401
+    db_url_fixture,
+    empty_db_url_fixture,
+    s3_bucket_fixture,
+    s3_endpoint_fixture,
+)
+
+BASE_A, BASE_B = "tiny-lm", "tiny-lm-b"
+RANK = 4
+LOSSLESS = {"rank": 6 * RANK}  # K = N heads and r' = Σ r_i: the merge is exact, every gate passes
+SHAPES = llama_attention_shapes(layers=2, hidden=64, kv_out=32)
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory, tiny_lm, tiny_task_adapters, tiny_tasks) -> dict:
+    """Local folders: two base models (same tiny LM, two names), 12 adapters, one corrupt folder."""
+    root = tmp_path_factory.mktemp("flow-sources")
+    model, tokenizer = tiny_lm
+    for base in (BASE_A, BASE_B):
+        shutil.copytree(model.name_or_path, root / "models" / base)
+    adapters = {}
+    for path, task in zip(tiny_task_adapters, tiny_tasks, strict=True):  # trained, with eval sets
+        folder = shutil.copytree(path, root / "adapters" / task.name)
+        write_task_jsonl(folder / "eval.jsonl", task)
+        adapters[task.name] = folder
+    for i in range(3):
+        name = f"a-random-{i}"
+        adapters[name] = write_random_lora(
+            root / "adapters" / name, SHAPES, rank=RANK, seed=10 + i, base_model=BASE_A
+        )
+    for i in range(6):
+        name = f"b-task-{i}"
+        adapters[name] = write_random_lora(
+            root / "adapters" / name, SHAPES, rank=RANK, seed=20 + i, base_model=BASE_B
+        )
+    broken = shutil.copytree(adapters["b-task-0"], root / "adapters" / "broken")
+    weights = broken / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    adapters["broken"] = broken
+    return {"root": root, "adapters": adapters}
+
+
+@pytest.fixture
+def catalog(db_url, s3_bucket, s3_endpoint, sources, tmp_path, monkeypatch, harness) -> dict:
+    """HYDRACAT_* settings for this test: its database, its bucket, the two base models."""
+    for name, value in {
+        "HYDRACAT_DATABASE_URL": db_url,
+        "HYDRACAT_S3_BUCKET": s3_bucket,
+        "HYDRACAT_S3_ENDPOINT_URL": s3_endpoint,
+        "HYDRACAT_MODELS_DIR": str(sources["root"] / "models"),
+        "HYDRACAT_WORK_DIR": str(tmp_path / "work"),
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("HYDRACAT_STORE_URL", raising=False)
+    store = S3Store(s3_bucket, "", endpoint_url=s3_endpoint)
+    for name, folder in sources["adapters"].items():
+        upload(store, folder, f"adapters/{name}/1")
+    engine = make_engine(db_url)
+    yield {"store": store, "registry": Registry(engine, store), "sources": sources}
+    engine.dispose()
+
+
+def upload(store: S3Store, folder: Path, key: str) -> None:
+    for path in sorted(folder.iterdir()):
+        store.put_file(f"{key}/{path.name}", path)
+
+
+def load_with_peft(store: S3Store, current: dict, base: Path, into: Path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    key = store.key_for(current["task_adapter_uri"])
+    for file in ("adapter_config.json", "adapter_model.safetensors"):
+        store.download(f"{key}/{file}", into / file)
+    return PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), into)
+
+
+def test_sync_consolidate_rerun_update_and_rollback(catalog, tmp_path):
+    registry, store = catalog["registry"], catalog["store"]
+    synced = sync_catalog()
+    assert len(synced["registered"]) == 12 and synced["quarantined"] == ["broken/1"]
+    (broken,) = registry.list_adapters(status="quarantined")
+    assert "safetensors" in broken["quarantine_reason"]
+
+    first = consolidate(**LOSSLESS)
+    assert len(first["published"]) == 2
+    tasks = [name for name in catalog["sources"]["adapters"] if name != "broken"]
+    bundles = {}
+    for task in tasks:
+        current = registry.current_bundle(task)
+        bundles[task] = current["bundle_id"]
+        assert current["manifest"]["gate"]["publish"] is True
+    assert set(bundles.values()) == set(first["published"])
+    metrics = registry.current_bundle("alpha")["manifest"]["metrics"]["alpha"]
+    assert metrics["retention"] == pytest.approx(1.0) and metrics["original_value"] >= 0.9
+    models = catalog["sources"]["root"] / "models"
+    peft_model = load_with_peft(store, registry.current_bundle("b-task-3"), models / BASE_B, tmp_path / "b3")
+    assert peft_model.peft_config["default"].r == LOSSLESS["rank"]
+
+    again = consolidate(**LOSSLESS)
+    assert again["published"] == [] and {g["status"] for g in again["groups"]} == {"unchanged"}
+
+    new_version = write_random_lora(tmp_path / "b-task-1-v2", SHAPES, rank=RANK, seed=99, base_model=BASE_B)
+    upload(store, new_version, "adapters/b-task-1/2")
+    update = nightly(**LOSSLESS)
+    assert update["sync"]["registered"] == ["b-task-1/2"]
+    assert len(update["consolidate"]["published"]) == 1
+    for task in tasks:
+        moved = registry.current_bundle(task)["bundle_id"] != bundles[task]
+        assert moved == task.startswith("b-task-"), task
+    assert [e["to_bundle_id"] for e in registry.history("b-task-1")][1] == bundles["b-task-1"]
+
+    registry.rollback("b-task-1", actor="test")
+    assert registry.current_bundle("b-task-1")["bundle_id"] == bundles["b-task-1"]
+
+
+def test_a_failure_between_upload_and_commit_leaves_nothing_visible(catalog, monkeypatch):
+    registry, store = catalog["registry"], catalog["store"]
+    sync_catalog()
+
+    def fail(*_args, **_kwargs):
+        raise RuntimeError("injected: crash before the registry commit")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Registry, "publish_bundle", fail)
+        state = consolidate(base_model=BASE_B, return_state=True, **LOSSLESS)
+    assert state.is_failed()
+    assert list(store.list("bundles/"))  # the objects were written ...
+    with pytest.raises(NotFoundError):  # ... but no row and no alias points at them
+        registry.current_bundle("b-task-0")
+
+    rerun = consolidate(base_model=BASE_B, **LOSSLESS)
+    assert len(rerun["published"]) == 1
+    assert registry.current_bundle("b-task-0")["bundle_id"] == rerun["published"][0]
