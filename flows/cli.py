@@ -17,9 +17,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_registry_commands(subparsers)
     from flows.bench import add_bench_command
     from flows.demo import add_demo_command
+    from flows.serve import add_serve_command
 
     add_bench_command(subparsers)
     add_demo_command(subparsers)
+    add_serve_command(subparsers)
     return parser
 
 

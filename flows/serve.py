@@ -1,0 +1,114 @@
+"""`hydracat serve`: a local Prefect server with its UI, serving the three deployments.
+
+Embedded mode: the registry is the settings' database (a SQLite file by default, migrated on
+start) and the object store the settings' store (a local folder by default). The Prefect server
+runs as a child process on 127.0.0.1 (its own database under PREFECT_HOME) unless
+``--api-url`` (or PREFECT_API_URL) names a server to use instead. Deployments:
+
+- ``nightly`` on a cron schedule (default ``0 2 * * *``, UTC): sync-catalog then consolidate;
+- ``sync-catalog`` and ``consolidate`` on demand (Prefect UI: Deployments -> Run).
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+NIGHTLY_CRON = "0 2 * * *"
+
+
+def start_prefect_server(host: str, port: int, timeout_s: float = 180.0) -> subprocess.Popen:
+    """`prefect server start` as a child process; returns once /api/health answers."""
+    import httpx
+
+    command = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]
+    process = subprocess.Popen(command, env=os.environ | {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the Prefect server exited with status {process.returncode}")
+        try:
+            if httpx.get(f"http://{host}:{port}/api/health", timeout=2.0).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    stop(process)
+    raise RuntimeError(f"the Prefect server did not answer on {host}:{port} within {timeout_s:.0f} s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def deployments(cron: str):
+    from prefect.schedules import Cron
+
+    from flows.catalog import sync_catalog
+    from flows.consolidate import consolidate
+    from flows.nightly import nightly
+
+    return [
+        nightly.to_deployment(name="nightly", schedules=[Cron(cron, timezone="UTC")],
+                              description="sync-catalog then consolidate, every night"),
+        sync_catalog.to_deployment(name="sync-catalog", description="register new adapters from the bucket"),
+        consolidate.to_deployment(name="consolidate", description="merge, evaluate and publish every group"),
+    ]  # fmt: skip
+
+
+def prepare_registry() -> None:
+    """Migrate the registry database and create the local store folder (embedded defaults)."""
+    from registry.db import make_engine, upgrade
+    from registry.settings import Settings
+    from registry.store import open_store
+
+    settings = Settings.from_env()
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    engine.dispose()
+    open_store(settings)
+    store = settings.store_url or settings.store_path
+    print(f"registry {settings.database_url}, object store {store}", flush=True)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    prepare_registry()
+    api_url = args.api_url or os.environ.get("PREFECT_API_URL")
+    server = None
+    if not api_url:
+        print(f"starting the Prefect server on http://{args.host}:{args.port} ...", flush=True)
+        server = start_prefect_server(args.host, args.port)
+        api_url = f"http://{args.host}:{args.port}/api"
+        print(f"Prefect UI: http://{args.host}:{args.port}", flush=True)
+    os.environ["PREFECT_API_URL"] = api_url
+    try:
+        from prefect import serve
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            serve(*deployments(args.cron), limit=args.limit)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if server is not None:
+            stop(server)
+    return 0
+
+
+def add_serve_command(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="start a local Prefect server + UI and serve the nightly, sync-catalog, consolidate flows",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="Prefect server host (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=4200, help="Prefect server port (4200)")
+    parser.add_argument("--api-url", help="use this Prefect API instead of starting a server")
+    parser.add_argument("--cron", default=NIGHTLY_CRON, help=f"nightly schedule, UTC ({NIGHTLY_CRON!r})")
+    parser.add_argument("--limit", type=int, default=2, help="flow runs at once (2)")
+    parser.set_defaults(handler=run_serve)

@@ -1,0 +1,94 @@
+"""`hydracat serve`: a real Prefect server and runner in child processes, driven over the REST API."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from tests.registry_fixtures import free_port
+
+CONSOLIDATE_PARAMETERS = {"method", "heads", "rank", "min_retention", "base_model", "dry_run"}
+
+
+def wait_for(check, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+        except httpx.TransportError:
+            value = None
+        if value:
+            return value
+        time.sleep(1.0)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("serve")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "HYDRACAT_"))}
+    env |= {
+        "PREFECT_HOME": str(folder / "prefect"),
+        "HYDRACAT_DATABASE_URL": f"sqlite:///{folder / 'registry.db'}",
+        "HYDRACAT_STORE_PATH": str(folder / "objects"),
+        "HYDRACAT_WORK_DIR": str(folder / "work"),
+    }
+    command = [sys.executable, "-m", "flows.cli", "serve", "--port", str(port)]
+    log = (folder / "serve.log").open("w")
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api", timeout=10.0)
+
+    def three_deployments():
+        if process.poll() is not None:
+            raise AssertionError(f"hydracat serve exited: {(folder / 'serve.log').read_text()[-3000:]}")
+        found = api.post("/deployments/filter", json={}).json()
+        return found if len(found) == 3 else None
+
+    try:
+        yield api, wait_for(three_deployments, 240, "the three deployments")
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        api.close()
+        log.close()
+
+
+def by_name(deployments: list[dict]) -> dict[str, dict]:
+    return {d["name"]: d for d in deployments}
+
+
+def test_the_three_deployments_exist_with_parameter_forms_and_the_nightly_schedule(served):
+    _, deployments = served
+    found = by_name(deployments)
+    assert set(found) == {"nightly", "sync-catalog", "consolidate"}
+    consolidate_schema = found["consolidate"]["parameter_openapi_schema"]["properties"]
+    assert set(consolidate_schema) == CONSOLIDATE_PARAMETERS
+    assert "auto" in consolidate_schema["method"]["enum"]
+    nightly_schema = found["nightly"]["parameter_openapi_schema"]["properties"]
+    assert set(nightly_schema) == CONSOLIDATE_PARAMETERS | {"prefix"}
+    assert found["sync-catalog"]["parameter_openapi_schema"]["properties"]["prefix"]["default"] == "adapters/"
+    (schedule,) = found["nightly"]["schedules"]
+    assert schedule["schedule"]["cron"] == "0 2 * * *" and schedule["schedule"]["timezone"] == "UTC"
+    assert found["consolidate"]["schedules"] == [] and found["sync-catalog"]["schedules"] == []
+
+
+def test_a_run_triggered_through_the_api_completes(served):
+    api, deployments = served
+    deployment = by_name(deployments)["sync-catalog"]
+    run = api.post(f"/deployments/{deployment['id']}/create_flow_run", json={"parameters": {}}).json()
+
+    def finished():
+        state = api.get(f"/flow_runs/{run['id']}").json()["state"]
+        return state if state["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"} else None
+
+    state = wait_for(finished, 180, "the triggered flow run")
+    assert state["type"] == "COMPLETED", state
