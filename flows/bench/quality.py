@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from flows.base_models import SMOLLM2_NAME, load_causal_lm, smollm2_folder
-from flows.training import TrainingConfig, train_lora
+from flows.training import TRAINING_FILE, TrainingConfig, train_lora_with_bar
 from hydraopt.adapter import Adapter
 from hydraopt.evaluation import (
     Evaluator,
@@ -70,33 +70,24 @@ def load_base(cache: Path, base: str):
     else:
         notice = "tiny random model asked for: the numbers only show that the pipeline runs"
     from flows.synthetic import build_tiny_lm
-    from hydraopt.evaluation.function import format_prompt
 
     tasks = builtin_suite(train_size=64, eval_size=16)
-    texts = [format_prompt(e.prompt) + " " + e.answer for t in tasks for e in t.train + t.eval]
-    model, tokenizer = load_causal_lm(build_tiny_lm(cache / "models" / "tiny-lm-suite", texts))
+    model, tokenizer = load_causal_lm(build_tiny_lm(cache / "models" / "tiny-lm-suite", tasks))
     return model, tokenizer, "tiny-lm-suite", notice
 
 
 def train_all(model, tokenizer, tasks: list[TaskSet], folder: Path, config: TrainingConfig, args, base: str):
-    adapters = []
+    """One trained (or cached) adapter per task, and each one's training record."""
+    adapters, records = [], {}
     for i, task in enumerate(tasks):
         init_seed = config.init_seed + i if args.different_init else config.init_seed
         task_config = TrainingConfig(**{**vars(config), "init_seed": init_seed})
         out = folder / task.name
-        if not (out / "adapter_config.json").is_file():
-            progress = bar(config.steps, f"train {task.name} ({i + 1}/{len(tasks)})")
-
-            def step(done: int, total: int, loss: float, progress=progress) -> None:
-                progress.update(1)
-                progress.set_postfix(loss=f"{loss:.3f}")
-
-            train_lora(model, tokenizer, task, out, task_config, base_name=base, progress=step)
-            progress.close()
-            record = json.loads((out / "hydracat_training.json").read_text())
-            log(f"trained {task.name} in {record['seconds']:.0f} s (final loss {record['final_loss']:.3f})")
+        label = f"train {task.name} ({i + 1}/{len(tasks)})"
+        train_lora_with_bar(model, tokenizer, task, out, task_config, base_name=base, label=label)
         adapters.append(load_adapter(out, task=task.name))
-    return adapters
+        records[task.name] = json.loads((out / TRAINING_FILE).read_text())
+    return adapters, records
 
 
 def summarise(originals: dict[str, TaskScore], scores: dict[str, TaskScore]) -> dict:
@@ -259,7 +250,7 @@ def run_bench(args: argparse.Namespace) -> int:
     init = "different-init" if args.different_init else "same-init"
     run_id = f"{base.rsplit('/', 1)[-1]}-{init}-r{args.rank}-s{args.steps}-n{args.train_size}-seed{args.seed}"
     log(f"{len(suite)} tasks, base {base}; adapters in {cache / 'adapters' / run_id}")
-    adapters = train_all(model, tokenizer, suite, cache / "adapters" / run_id, config, args, base)
+    adapters, training = train_all(model, tokenizer, suite, cache / "adapters" / run_id, config, args, base)
 
     gate = Gate(args.gate)
     evaluator = Evaluator(model, tokenizer, suite, batch_size=args.eval_batch_size)
@@ -314,6 +305,7 @@ def run_bench(args: argparse.Namespace) -> int:
             "among the choices",
             "seconds": {"total": time.perf_counter() - total_start, "evaluation": evaluate_s},
         },
+        "training": training,
         "base_scores": {t: s.to_dict() for t, s in base_scores.items()},
         "original_scores": {t: s.to_dict() for t, s in originals.items()},
         "results": sweep.rows,
