@@ -11,6 +11,7 @@ runs as a child process on 127.0.0.1 (its own database under PREFECT_HOME) unles
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -23,7 +24,8 @@ def start_prefect_server(host: str, port: int, timeout_s: float = 180.0) -> subp
     import httpx
 
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]
-    process = subprocess.Popen(command, env=os.environ | {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+    ui_env = {"PREFECT_UI_API_URL": f"http://{host}:{port}/api", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    process = subprocess.Popen(command, env=os.environ | ui_env)  # the UI must call this server, not :4200
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -77,7 +79,12 @@ def prepare_registry() -> None:
     print(f"registry {settings.database_url}, object store {store}", flush=True)
 
 
+def interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
+
+
 def run_serve(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, interrupt)  # stop like Ctrl-C: the Prefect server child goes too
     prepare_registry()
     api_url = args.api_url or os.environ.get("PREFECT_API_URL")
     server = None

@@ -52,7 +52,7 @@ def served(tmp_path_factory):
     try:
         yield api, wait_for(three_deployments, 240, "the three deployments")
     finally:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
