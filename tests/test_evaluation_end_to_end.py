@@ -92,3 +92,11 @@ def test_auto_leaves_out_a_task_no_setting_can_serve(tiny_lm, tiny_tasks, tiny_t
     assert list(outcome.excluded) == ["delta"]
     assert "scores 0" in outcome.excluded["delta"]
     assert outcome.decision.publish and sorted(outcome.result.tasks) == sorted(t.name for t in tiny_tasks)
+
+
+def test_settings_cap_heads_at_the_group_size_and_stay_below_the_sources(adapters):
+    found = settings(adapters, heads=[1, 9], ranks=[2, 4, 8])
+    assert {s.heads for s in found} == {1, len(adapters)}
+    assert all(s.storage_ratio < 1 for s in found)
+    assert [s.storage_ratio for s in found] == sorted(s.storage_ratio for s in found)
+    assert (len(adapters), 8) not in {(s.heads, s.rank) for s in found}  # K=N, r'=2r: more than the sources

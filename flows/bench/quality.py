@@ -144,13 +144,15 @@ class Sweep:
         return row
 
 
-def targets(rows: list[dict], auto: dict, gate: Gate) -> dict:
+def targets(rows: list[dict], auto: dict, source_rank: int) -> dict:
+    """The issue's three targets, each with the rows it was judged on and `met`."""
     hydra = [r for r in rows if r["method"] == "hydraopt"]
     small = [r for r in hydra if r["storage_ratio"] <= TARGET_STORAGE]
     best_small = max(small, key=lambda r: r["mean_retention"], default=None)
     baselines = [r for r in rows if r["method"] in BASELINES]
     best_baseline = max(baselines, key=lambda r: r["mean_retention"])
-    k1 = max((r for r in hydra if r["heads"] == 1), key=lambda r: r["mean_retention"], default=None)
+    same_storage = [r for r in hydra if r["heads"] == 1 and r["rank"] == source_rank]
+    k1 = same_storage[0] if same_storage else None
     passing = [r for r in hydra if r["publish"]]
     smallest_passing = min(passing, key=lambda r: r["storage_ratio"], default=None)
     auto_ratio = auto["setting"]["storage_ratio"] if auto["setting"] else None
@@ -310,7 +312,7 @@ def run_bench(args: argparse.Namespace) -> int:
         "original_scores": {t: s.to_dict() for t, s in originals.items()},
         "results": sweep.rows,
         "auto": auto_report,
-        "targets": targets(sweep.rows, auto_report, gate),
+        "targets": targets(sweep.rows, auto_report, args.rank),
     }
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -61,18 +61,19 @@ def default_ranks(max_rank: int) -> list[int]:
 def settings(
     adapters: Sequence[Adapter], heads: Sequence[int] | None = None, ranks: Sequence[int] | None = None
 ) -> list[Setting]:
-    """Every (K, r') storing less than the sources, smallest storage first."""
+    """Every (K, r') storing less than the sources, smallest storage first; K is capped at N."""
     first = adapters[0]
     sum_in = sum(delta.shape[1] for delta in first.modules.values())
     sum_out = sum(delta.shape[0] for delta in first.modules.values())
     source = sum(a.num_params for a in adapters)
-    heads = heads or default_heads(len(adapters))
+    n = len(adapters)
+    heads = {min(k, n) for k in heads} if heads else default_heads(n)  # K above N (a smaller group) is N
     ranks = ranks or default_ranks(max(a.max_rank for a in adapters))
     found = {
         Setting(k, r, (r * sum_in + k * r * sum_out) / source)
         for k in heads
         for r in ranks
-        if 1 <= k <= len(adapters) and r * sum_in + k * r * sum_out < source
+        if k >= 1 and r * sum_in + k * r * sum_out < source
     }
     return sorted(found, key=lambda s: (s.storage_ratio, s.heads))
 
