@@ -12,7 +12,6 @@ installed yet is left pending (not registered) and picked up by a later run.
 """
 
 import hashlib
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,8 +151,9 @@ def check_and_register(folder: AdapterFolder) -> dict:
             reason = None
         except Pending as exc:
             return {"name": folder.name, "version": folder.version, "status": "pending", "reason": str(exc)}
-        except (HydraoptError, json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
-            reason = str(exc).replace(str(local), folder.key)
+        except Exception as exc:  # noqa: BLE001 - any failure to read the downloaded files is bad input
+            message = str(exc) if isinstance(exc, HydraoptError) else f"{type(exc).__name__}: {exc}"
+            reason = message.replace(str(local), folder.key)
             fields = {"sha256": files_digest(local), "base_model": "unknown"}
     row = registry.register_adapter_version(
         folder.name, folder.version, uri=uri, quarantine_reason=reason, **fields

@@ -17,6 +17,7 @@
 
 import hashlib
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -152,21 +153,23 @@ class GroupEvaluator:
         self.originals = {a.task_name: TaskScore(a.task_name, "weight_space", 1.0, 0) for a in adapters}
         if self.evaluator:
             self.originals |= self.evaluator.originals(self.function_space)
+        self.last: tuple[MergeResult, dict[str, TaskScore]] | None = None
 
     def __call__(self, result: MergeResult) -> dict[str, TaskScore]:
+        if self.last is not None and self.last[0] is result:
+            return self.last[1]  # auto's chosen merge was scored last
         members = [a for a in self.adapters if a.task_name in result.tasks]
         scores = weight_space_scores(members, result)
         if self.evaluator:
             in_result = [a for a in self.function_space if a.task_name in result.tasks]
             if in_result:
                 scores |= self.evaluator.merged(_restrict(result, [a.task_name for a in in_result]))
+        self.last = (result, scores)
         return scores
 
 
 def _restrict(result: MergeResult, tasks: list[str]) -> MergeResult:
     """The same merge, listing only `tasks` (for scoring a subset)."""
-    from dataclasses import replace
-
     return replace(result, tasks=tasks, assignment={t: result.assignment[t] for t in tasks})
 
 
@@ -238,7 +241,10 @@ def merge_evaluate_publish(
         outcome = auto_hydraopt(adapters, evaluate, evaluate.originals, gate=gate, device=settings.device)
         excluded = outcome.excluded
         if outcome.result is None:
-            return {"group": label, "status": "gate failed", "tasks": [], "excluded": excluded}
+            left = [
+                {"group": label, "task": t, "passed": False, "reason": why} for t, why in excluded.items()
+            ]
+            return {"group": label, "status": "gate failed", "tasks": left, "excluded": excluded}
         result, decision = outcome.result, outcome.decision
         scores = evaluate(result)
     else:
