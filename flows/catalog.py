@@ -22,6 +22,7 @@ from prefect.artifacts import create_table_artifact
 from flows.resources import base_model_folder, open_registry, transient_error
 from hydraopt.errors import HydraoptError
 from hydraopt.evaluation.suite import read_task_jsonl
+from hydraopt.formats.bundle import check_task_name
 from hydraopt.formats.peft_lora import load_adapter
 from registry.store import ObjectStore
 from registry.store.base import InvalidKeyError, validate_key
@@ -100,6 +101,7 @@ def base_model_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
 
 def inspect_folder(folder: AdapterFolder, local: Path) -> dict:
     """Registration fields of a valid adapter folder; raises HydraoptError with the reason if not."""
+    check_task_name(folder.name)  # the adapter name is its task's name, a folder name in bundles
     missing = [file for file in ADAPTER_FILES if file not in folder.files]
     pickles = [file for file in folder.files if file.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))]
     if pickles:

@@ -157,3 +157,15 @@ def test_a_failure_between_upload_and_commit_leaves_nothing_visible(catalog, mon
     rerun = consolidate(base_model=BASE_B, **LOSSLESS)
     assert len(rerun["published"]) == 1
     assert registry.current_bundle("b-task-0")["bundle_id"] == rerun["published"][0]
+
+
+def test_inspect_refuses_names_that_cannot_be_task_folders(sources):
+    from flows.catalog import AdapterFolder, inspect_folder
+    from hydraopt.errors import HydraoptError
+
+    local = sources["adapters"]["b-task-0"]
+    folder = AdapterFolder(
+        "b task 0", "1", "adapters/b task 0/1", ("adapter_config.json", "adapter_model.safetensors")
+    )
+    with pytest.raises(HydraoptError, match="not a safe folder name"):
+        inspect_folder(folder, local)
