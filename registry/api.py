@@ -237,7 +237,8 @@ class Registry:
             moves = []
             for task in sorted(member["task"] for member in members):
                 task_row = _lock_task(session, task)
-                if _alias_target(session, task_row, CURRENT_ALIAS) != bundle_id:
+                on_it = _alias_target(session, task_row, CURRENT_ALIAS) == bundle_id
+                if not on_it and not _rolled_back_from(session, task_row, bundle_id):
                     moves.append(_move(session, task_row, CURRENT_ALIAS, bundle_id, "move", reason, actor))
             return {"bundle": bundle, "moves": moves}
 
@@ -460,6 +461,16 @@ def _record_bundle(
         )
     session.flush()
     return bundle_dict(bundle)
+
+
+def _rolled_back_from(session: Session, task: Task, bundle_id: str) -> bool:
+    latest = session.scalar(
+        select(AliasEvent)
+        .filter_by(task_id=task.id, alias=CURRENT_ALIAS)
+        .order_by(AliasEvent.id.desc())
+        .limit(1)
+    )
+    return latest is not None and latest.action == "rollback" and latest.from_bundle_id == bundle_id
 
 
 def _alias_target(session: Session, task: Task, alias: str) -> str | None:

@@ -137,6 +137,8 @@ def test_sync_consolidate_rerun_update_and_rollback(catalog, tmp_path):
 
     registry.rollback("b-task-1", actor="test")
     assert registry.current_bundle("b-task-1")["bundle_id"] == bundles["b-task-1"]
+    consolidate(**LOSSLESS)  # re-merges the same inputs, but the rollback sticks
+    assert registry.current_bundle("b-task-1")["bundle_id"] == bundles["b-task-1"]
 
 
 def test_a_failure_between_upload_and_commit_leaves_nothing_visible(catalog, monkeypatch):
