@@ -26,6 +26,10 @@ def add_merge_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--assign", type=Path, help="JSON file mapping task -> head index (hydraopt)")
     parser.add_argument("--density", type=float, help="fraction kept by ties/dare pruning")
     parser.add_argument("--seed", type=int, help="seed for clustering (hydraopt) or DARE dropping")
+    parser.add_argument(
+        "--weighting", choices=("absolute", "relative"),
+        help="hydraopt loss: Σ‖ΔW_i−ΔW'_i‖² (absolute, default) or Σ of relative errors (relative)",
+    )  # fmt: skip
     parser.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
     parser.add_argument(
         "--allow-unsupported",
@@ -42,7 +46,8 @@ def show_progress(done: int, total: int) -> None:
 
 def run_merge(args: argparse.Namespace) -> int:
     try:
-        params = {"heads": args.heads, "rank": args.rank, "density": args.density, "seed": args.seed}
+        params = {"heads": args.heads, "rank": args.rank, "density": args.density, "seed": args.seed,
+                  "weighting": args.weighting}  # fmt: skip
         if args.assign:
             params["assignment"] = json.loads(args.assign.read_text())
         params = {k: v for k, v in params.items() if v is not None}

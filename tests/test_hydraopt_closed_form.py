@@ -106,3 +106,31 @@ def test_clustering_finds_planted_task_families():
     assert labels[:3] == [0, 1, 2]
     assert labels == [0, 1, 2, 0, 1, 2, 0]
     assert cluster_tasks(flat @ flat.T, heads=3, seed=0) == labels
+
+
+def relative_errors(deltas, assignment, shared):
+    return [
+        (torch.sum((d.dense() - shared.B[k] @ shared.A) ** 2) / torch.sum(d.dense() ** 2)).item()
+        for d, k in zip(deltas, assignment)
+    ]
+
+
+def test_relative_weighting_stops_a_large_update_from_crowding_out_a_small_one():
+    small, large = random_deltas([3, 3], seed=5)
+    deltas = [small, LoraDelta(large.A, 20 * large.B)]
+    assignment = [0, 1]
+    absolute = merge_module(deltas, assignment, HydraOptParams(rank=3))
+    relative = merge_module(deltas, assignment, HydraOptParams(rank=3, weighting="relative"))
+    abs_small, abs_large = relative_errors(deltas, assignment, absolute)
+    rel_small, rel_large = relative_errors(deltas, assignment, relative)
+    assert abs_small > 0.3 and abs_large < 0.01  # the absolute loss spends A' on the large update
+    assert rel_small < abs_small and max(rel_small, rel_large) < max(abs_small, abs_large)
+    # w_i = 1/‖ΔW_i‖² is the absolute loss on the normalised updates
+    scaled = [LoraDelta(d.A, d.B / torch.sum(d.dense() ** 2).sqrt()) for d in deltas]
+    on_scaled = merge_module(scaled, assignment, HydraOptParams(rank=3))
+    torch.testing.assert_close(relative.A.abs(), on_scaled.A.abs(), atol=1e-4, rtol=0)
+
+
+def test_unknown_weighting_is_refused():
+    with pytest.raises(ValueError, match="weighting"):
+        HydraOptParams(weighting="squared")

@@ -1,9 +1,11 @@
 """HydraOpt: one shared low-rank A' and K task-specific heads B', closed form per module.
 
-Per module minimise Σ_i ‖ΔW_i − B'_{c(i)} A'‖²_F. With M_k the mean ΔW of head k (n_k tasks),
-A' = top-r' right singular vectors of the stacked [√n_k M_k] and B'_k = M_k A'ᵀ.
-Everything is computed in the span Q of the stacked A_i rows: M_k = C_k Qᵀ with
-C_k = Σ_{i∈k} B_i (A_i Q) / n_k, so only R×R matrices (R = Σ r_i) are decomposed.
+Per module minimise Σ_i w_i ‖ΔW_i − B'_{c(i)} A'‖²_F. With M_k the w-weighted mean ΔW of head k
+and W_k its total weight, A' = top-r' right singular vectors of the stacked [√W_k M_k] and
+B'_k = M_k A'ᵀ. `weighting="absolute"` (default) is w_i = 1, the loss as DESIGN.md defines it;
+`"relative"` is w_i = 1/‖ΔW_i‖², the sum of relative errors, so small updates are not sacrificed
+to large ones. Everything is computed in the span Q of the stacked A_i rows: M_k = C_k Qᵀ with
+C_k = Σ_{i∈k} w_i B_i (A_i Q) / W_k, so only R×R matrices (R = Σ r_i) are decomposed.
 """
 
 from collections.abc import Sequence
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from hydraopt.adapter import Adapter
-from hydraopt.factors import LoraDelta, SharedLowRank, pad_rank
+from hydraopt.factors import LoraDelta, SharedLowRank, pad_rank, squared_norm
 from hydraopt.methods import register
 from hydraopt.methods.base import MergeMethod
 
@@ -27,19 +29,38 @@ class HydraOptParams:
     heads: int | None = None
     assignment: dict[str, int] | None = None
     seed: int = 0
+    weighting: str = "absolute"
+
+    def __post_init__(self) -> None:
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
 
 
-def head_row_weights(deltas: Sequence[LoraDelta], assignment: Sequence[int]) -> torch.Tensor:
-    """K×R matrix: row k holds 1/n_k on the factor rows of the tasks in head k, else 0."""
+WEIGHTINGS = ("absolute", "relative")
+
+
+def task_weights(deltas: Sequence[LoraDelta], weighting: str) -> torch.Tensor:
+    """w_i: 1 each (absolute), or 1/‖ΔW_i‖² (relative; a zero update gets weight 0)."""
+    if weighting == "absolute":
+        return torch.ones(len(deltas), dtype=torch.float64)
+    norms = torch.stack([squared_norm(d.to(d.A.device, torch.float64)) for d in deltas]).cpu()
+    return torch.where(norms > 0, 1.0 / norms.clamp_min(1e-300), torch.zeros_like(norms))
+
+
+def head_row_weights(
+    deltas: Sequence[LoraDelta], assignment: Sequence[int], weights: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(K×R matrix whose row k holds w_i/W_k on the factor rows of head k's tasks, W_k per head)."""
     heads = max(assignment) + 1
-    sizes = torch.bincount(torch.tensor(list(assignment)), minlength=heads)
+    totals = torch.zeros(heads, dtype=torch.float64).index_add_(0, torch.tensor(list(assignment)), weights)
     ranks = [d.rank for d in deltas]
-    weights = torch.zeros(heads, sum(ranks), dtype=torch.float32, device=deltas[0].A.device)
+    rows = torch.zeros(heads, sum(ranks), dtype=torch.float64)
     start = 0
-    for rank, head in zip(ranks, assignment):
-        weights[head, start : start + rank] = 1.0 / sizes[head].item()
+    for rank, head, weight in zip(ranks, assignment, weights.tolist()):
+        if totals[head] > 0:
+            rows[head, start : start + rank] = weight / totals[head].item()
         start += rank
-    return weights
+    return rows.to(deltas[0].A.device), totals.to(deltas[0].A.device)
 
 
 def merge_module(
@@ -50,12 +71,11 @@ def merge_module(
     stacked_b = torch.cat([d.B for d in deltas], dim=1)  # d_out × R
     basis, _ = torch.linalg.qr(stacked_a.T)  # d_in × R'
     coords = stacked_a @ basis  # R × R': A_i = coords_i Qᵀ
-    weights = head_row_weights(deltas, assignment)  # K × R
-    sizes = torch.bincount(torch.tensor(list(assignment)), minlength=weights.shape[0]).to(weights)
+    weights, totals = head_row_weights(deltas, assignment, task_weights(deltas, params.weighting))  # K × R, K
     b_gram = (stacked_b.T @ stacked_b).double()
-    # Σ_k n_k C_kᵀ C_k with C_k = B_all diag(w_k) P, in float64 (R'×R' only).
-    head_coords = weights.double()[:, :, None] * coords.double()[None]  # K × R × R'
-    gram = torch.einsum("k,kra,rs,ksb->ab", sizes.double(), head_coords, b_gram, head_coords)
+    # Σ_k W_k C_kᵀ C_k with C_k = B_all diag(row k) P, in float64 (R'×R' only).
+    head_coords = weights[:, :, None] * coords.double()[None]  # K × R × R'
+    gram = torch.einsum("k,kra,rs,ksb->ab", totals, head_coords, b_gram, head_coords)
     _, eigvecs = torch.linalg.eigh(gram)
     keep = min(params.rank, eigvecs.shape[1])
     top = eigvecs[:, -keep:].flip(1).to(stacked_a.dtype)  # R' × r', largest first
