@@ -171,3 +171,32 @@ def test_inspect_refuses_names_that_cannot_be_task_folders(sources):
     )
     with pytest.raises(HydraoptError, match="not a safe folder name"):
         inspect_folder(folder, local)
+
+
+def test_sync_quarantines_the_bad_input_corpus_and_still_registers_the_rest(
+    catalog, s3_bucket, s3_endpoint, tmp_path
+):
+    import boto3
+
+    from flows.bench.bad_inputs import BAD_KEYS, refusal_matches, write_bad_adapters
+
+    registry, store = catalog["registry"], catalog["store"]
+    marker = tmp_path / "PWNED"
+    cases = write_bad_adapters(catalog["sources"]["adapters"]["b-task-0"], tmp_path / "bad", marker)
+    for case, (folder, _) in cases.items():
+        upload(store, folder, f"adapters/bad-{case}/1")
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    for key in BAD_KEYS:  # our store refuses to write these; a careless producer might not
+        client.put_object(Bucket=s3_bucket, Key=key, Body=b"{}")
+
+    synced = sync_catalog()
+    assert len(synced["registered"]) == 12
+    assert sorted(synced["quarantined"]) == sorted(["broken/1", *(f"bad-{case}/1" for case in cases)])
+    listed = [
+        key for key in BAD_KEYS if key.startswith("adapters/")
+    ]  # "/adapters/..." is not under the prefix
+    assert len(synced["refused_keys"]) == len(listed)
+    reasons = {a["name"]: a["quarantine_reason"] for a in registry.list_adapters(status="quarantined")}
+    for case, (_, words) in cases.items():
+        assert refusal_matches(reasons[f"bad-{case}"], words), (case, reasons[f"bad-{case}"])
+    assert not marker.exists()

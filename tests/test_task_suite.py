@@ -47,8 +47,10 @@ def suite() -> dict[str, TaskSet]:
 
 def words_to_int(text: str) -> int:
     """Independent inverse of number_to_words."""
-    ones = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-            "sixteen seventeen eighteen nineteen")
+    ones = (
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+        "sixteen seventeen eighteen nineteen"
+    )
     tens = ("twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
     units = {w: i for i, w in enumerate(ones.split(" "))}
     tens = {w: 10 * i for i, w in enumerate(tens, 2)}
@@ -106,8 +108,16 @@ def test_country_capital_splits_by_country(suite):
 
 @pytest.mark.parametrize(
     ("n", "words"),
-    [(0, "zero"), (15, "fifteen"), (21, "twenty-one"), (100, "one hundred"), (342, "three hundred forty-two"),
-     (999, "nine hundred ninety-nine"), (110, "one hundred ten"), (40, "forty")],
+    [
+        (0, "zero"),
+        (15, "fifteen"),
+        (21, "twenty-one"),
+        (100, "one hundred"),
+        (342, "three hundred forty-two"),
+        (999, "nine hundred ninety-nine"),
+        (110, "one hundred ten"),
+        (40, "forty"),
+    ],
 )
 def test_number_to_words_known_cases(n, words):
     assert number_to_words(n) == words
@@ -125,8 +135,14 @@ def test_known_conversions():
 
 
 def test_every_generated_answer_is_consistent(suite):
-    factors = {("km", "m"): 1000, ("m", "cm"): 100, ("kg", "g"): 1000, ("hour", "minutes"): 60,
-               ("minute", "seconds"): 60, ("litre", "millilitres"): 1000}
+    factors = {
+        ("km", "m"): 1000,
+        ("m", "cm"): 100,
+        ("kg", "g"): 1000,
+        ("hour", "minutes"): 60,
+        ("minute", "seconds"): 60,
+        ("litre", "millilitres"): 1000,
+    }
     for example in suite["number_words"].train + suite["number_words"].eval:
         n = int(re.search(r"\d+", example.prompt).group())
         assert words_to_int(example.answer) == n, example
@@ -169,8 +185,21 @@ def _parse_date(text: str, fmt: str) -> date | None:
 def test_sentiment_labels_come_from_the_review_words(suite):
     task = suite["sentiment"]
     assert task.metric == "accuracy"
-    negative_words = {"terrible", "flimsy", "unreliable", "uncomfortable", "awful", "disappointing", "noisy",
-                      "ugly", "fragile", "useless", "refund", "waste", "regret"}
+    negative_words = {
+        "terrible",
+        "flimsy",
+        "unreliable",
+        "uncomfortable",
+        "awful",
+        "disappointing",
+        "noisy",
+        "ugly",
+        "fragile",
+        "useless",
+        "refund",
+        "waste",
+        "regret",
+    }
     for split in (task.train, task.eval):
         assert {e.answer for e in split} == {"negative", "positive"}
         for example in split:
@@ -249,13 +278,16 @@ GOOD = '{"prompt": "p", "answer": "yes", "metric": "accuracy", "choices": ["no",
         ('{"prompt": "p", "metric": "exact_match"}\n', 1, "missing field 'answer'"),
         ('{"prompt": "p", "answer": 3, "metric": "exact_match"}\n', 1, "must be a string"),
         (GOOD + '\n{"prompt": "p", "answer": "a", "metric": "bleu"}\n', 2, "unknown metric"),
-        ('{"prompt": "p", "answer": "maybe", "metric": "accuracy", "choices": ["no", "yes"]}\n', 1,
-         "not among choices"),
+        (
+            '{"prompt": "p", "answer": "maybe", "metric": "accuracy", "choices": ["no", "yes"]}\n',
+            1,
+            "not among choices",
+        ),
         (GOOD + '\n{"prompt": "q", "answer": "a", "metric": "exact_match"}\n', 2, "differs from earlier"),
         ('{"prompt": "q", "answer": "a", "metric": "exact_match", "split": "dev"}\n', 1, "split must be"),
         ('{"prompt": "q", "answer": "a", "metric": "exact_match", "anwser": "a"}\n', 1, "unknown fields"),
         ('{"prompt": "q", "answer": "a", "metric": "exact_match", "choices": ["a"]}\n', 1, "only allowed"),
-        ('[1, 2]\n', 1, "JSON object"),
+        ("[1, 2]\n", 1, "JSON object"),
     ],
 )
 def test_read_errors_name_file_and_line(tmp_path, text, line, message):
