@@ -47,7 +47,12 @@ class Pending(Exception):
 
 
 def find_adapter_folders(keys: list[str], prefix: str) -> tuple[list[AdapterFolder], list[str]]:
-    """Group keys into name/version folders; returns (folders, keys refused as unsafe)."""
+    """Group keys into name/version folders; returns (folders, keys refused as unsafe).
+
+    Names start after the prefix's last "/": prefix "adapters/team-a" lists the folders
+    "adapters/team-a*/<version>/" and names them "team-a*".
+    """
+    root = prefix[: prefix.rfind("/") + 1]
     folders: dict[tuple[str, str], list[str]] = {}
     refused = []
     for key in keys:
@@ -56,14 +61,14 @@ def find_adapter_folders(keys: list[str], prefix: str) -> tuple[list[AdapterFold
         except InvalidKeyError as exc:
             refused.append(str(exc))
             continue
-        parts = key.removeprefix(prefix).split("/")
+        parts = key.removeprefix(root).split("/")
         if len(parts) != 3:
-            refused.append(f"{key!r}: expected {prefix}<name>/<version>/<file>")
+            refused.append(f"{key!r}: expected {root}<name>/<version>/<file>")
             continue
         name, version, file = parts
         folders.setdefault((name, version), []).append(file)
     found = [
-        AdapterFolder(name, version, f"{prefix}{name}/{version}", tuple(sorted(files)))
+        AdapterFolder(name, version, f"{root}{name}/{version}", tuple(sorted(files)))
         for (name, version), files in sorted(folders.items())
     ]
     return found, refused

@@ -200,3 +200,42 @@ def test_sync_quarantines_the_bad_input_corpus_and_still_registers_the_rest(
     for case, (_, words) in cases.items():
         assert refusal_matches(reasons[f"bad-{case}"], words), (case, reasons[f"bad-{case}"])
     assert not marker.exists()
+
+
+def test_transient_s3_errors_are_retried_and_a_lasting_outage_fails_cleanly(catalog, monkeypatch):
+    from botocore.exceptions import EndpointConnectionError
+
+    registry = catalog["registry"]
+    sync_catalog(prefix="adapters/b-")
+    real_put = S3Store.put_file
+    calls = {"n": 0, "fail_first": 2}
+
+    def flaky_put(self, key, path, sha256=None):
+        calls["n"] += 1
+        if key.startswith("bundles/") and calls["n"] <= calls["fail_first"]:
+            raise EndpointConnectionError(endpoint_url="http://s3.invalid")
+        return real_put(self, key, path, sha256)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(S3Store, "put_file", flaky_put)
+        calls["fail_first"] = 10**9  # the store is down for good: retries run out, nothing is published
+        state = consolidate(return_state=True, **LOSSLESS)
+        assert state.is_failed() and calls["n"] == 4  # the first upload, tried 1 + 3 times
+        with pytest.raises(NotFoundError):
+            registry.current_bundle("b-task-0")
+        calls.update(n=0, fail_first=2)  # two transient failures, then the store answers
+        published = consolidate(**LOSSLESS)["published"]
+    assert len(published) == 1 and registry.current_bundle("b-task-0")["bundle_id"] == published[0]
+
+
+def test_folders_are_named_from_the_prefix_folder():
+    from flows.catalog import find_adapter_folders
+
+    keys = ["adapters/b-task-0/1/adapter_config.json", "adapters/b-task-0/1/adapter_model.safetensors",
+            "adapters/b-x/2/eval.jsonl", "adapters/b-x/2/extra/deep.txt"]  # fmt: skip
+    folders, refused = find_adapter_folders(keys, "adapters/b-")
+    assert [(f.name, f.version, f.key, f.files) for f in folders] == [
+        ("b-task-0", "1", "adapters/b-task-0/1", ("adapter_config.json", "adapter_model.safetensors")),
+        ("b-x", "2", "adapters/b-x/2", ("eval.jsonl",)),
+    ]
+    assert len(refused) == 1 and "expected adapters/<name>/<version>/<file>" in refused[0]
