@@ -239,3 +239,49 @@ def test_folders_are_named_from_the_prefix_folder():
         ("b-x", "2", "adapters/b-x/2", ("eval.jsonl",)),
     ]
     assert len(refused) == 1 and "expected adapters/<name>/<version>/<file>" in refused[0]
+
+
+def test_a_dropped_database_connection_at_commit_is_retried_without_duplicates(catalog, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    registry = catalog["registry"]
+    sync_catalog(prefix="adapters/b-")
+    real_publish = Registry.publish_bundle
+    calls = {"n": 0}
+
+    def drop_first(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OperationalError("COMMIT", {}, ConnectionResetError("server closed the connection"))
+        return real_publish(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Registry, "publish_bundle", drop_first)
+        (bundle_id,) = consolidate(**LOSSLESS)["published"]
+    assert calls["n"] == 2
+    history = registry.history("b-task-0")
+    assert [event["to_bundle_id"] for event in history] == [bundle_id]
+
+
+def test_a_full_disk_while_writing_the_bundle_fails_the_run_and_leaves_nothing(
+    catalog, monkeypatch, tmp_path
+):
+    import errno
+
+    import flows.consolidate
+
+    registry = catalog["registry"]
+    sync_catalog(prefix="adapters/b-")
+
+    def disk_full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(flows.consolidate, "write_bundle", disk_full)
+        state = consolidate(return_state=True, **LOSSLESS)
+    assert state.is_failed()
+    with pytest.raises(NotFoundError):
+        registry.current_bundle("b-task-0")
+    assert not list(catalog["store"].list("bundles/"))
+    assert not [p for p in (tmp_path / "work").iterdir() if p.name.startswith("hydracat-bundle-")]
+    assert len(consolidate(**LOSSLESS)["published"]) == 1  # space is back: the rerun publishes
