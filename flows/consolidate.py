@@ -209,7 +209,8 @@ def consolidate_group(
     flow_run_id: str,
 ) -> dict:
     """Merge, evaluate and (unless dry run) publish one group, holding the group's lock."""
-    with concurrency(group_lock(label), occupy=1, strict=True):
+    # a short lease, renewed while held: a killed worker blocks its group for a minute at most
+    with concurrency(group_lock(label), occupy=1, strict=True, lease_duration=60):
         return merge_evaluate_publish(label, rows, method, heads, rank, min_retention, dry_run, flow_run_id)
 
 
