@@ -14,39 +14,18 @@ import os
 import signal
 import subprocess
 import sys
-import time
+
+from flows.processes import stop_process, wait_until_answering
 
 NIGHTLY_CRON = "0 2 * * *"
 
 
 def start_prefect_server(host: str, port: int, timeout_s: float = 180.0) -> subprocess.Popen:
     """`prefect server start` as a child process; returns once /api/health answers."""
-    import httpx
-
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]
     ui_env = {"PREFECT_UI_API_URL": f"http://{host}:{port}/api", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     process = subprocess.Popen(command, env=os.environ | ui_env)  # the UI must call this server, not :4200
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the Prefect server exited with status {process.returncode}")
-        try:
-            if httpx.get(f"http://{host}:{port}/api/health", timeout=2.0).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    stop(process)
-    raise RuntimeError(f"the Prefect server did not answer on {host}:{port} within {timeout_s:.0f} s")
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    return wait_until_answering(process, f"http://{host}:{port}/api/health", "the Prefect server", timeout_s)
 
 
 def deployments(cron: str):
@@ -104,7 +83,7 @@ def run_serve(args: argparse.Namespace) -> int:
         pass
     finally:
         if server is not None:
-            stop(server)
+            stop_process(server)
     return 0
 
 

@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from flows.processes import stop_process, wait_until_answering
+
 SEED = 1234
 BASE_MODEL = "meta-llama/Llama-3.2-1B"
 BASE_REVISION = "main"
@@ -236,37 +238,13 @@ def free_port() -> int:
 
 
 def start_server(db_url: str, port: int, probe_task: str, timeout_s: float = 60.0) -> subprocess.Popen:
-    import httpx
-
     root = Path(__file__).resolve().parents[2]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH", "")]))
     command = [sys.executable, "-m", "flows.bench.registry", "--serve", db_url, "--port", str(port)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + timeout_s
     url = f"http://127.0.0.1:{port}/v1/tasks/{probe_task}/bundle"
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(
-                f"registry server exited ({process.returncode}): {process.stderr.read()[-2000:]}"
-            )
-        try:
-            if httpx.get(url, timeout=2.0).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    stop_server(process)
-    raise RuntimeError(f"registry server did not answer on port {port} within {timeout_s} s")
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    return wait_until_answering(process, url, "the registry server", timeout_s, poll_s=0.1)
 
 
 async def paced_requests(base_url: str, names: list[str], rate: float, max_seconds: float) -> dict:
@@ -324,7 +302,7 @@ def bench_http(db_url: str, names: list[str], rate: float, max_seconds: float) -
     try:
         outcome = asyncio.run(paced_requests(f"http://127.0.0.1:{port}", names, rate, max_seconds))
     finally:
-        stop_server(process)
+        stop_process(process, timeout_s=10)
     latencies = outcome.pop("latencies")
     stats = latency_stats(latencies) if latencies else {"n": 0}
     return {**stats, **outcome, "target_rate": rate, "port": port}

@@ -1,0 +1,35 @@
+"""Child server processes: wait until one answers over HTTP, stop one for good."""
+
+import subprocess
+import time
+
+
+def wait_until_answering(
+    process: subprocess.Popen, url: str, what: str, timeout_s: float, poll_s: float = 0.2
+) -> subprocess.Popen:
+    """Return `process` once GET `url` answers 200; stop it and raise if it exits or times out."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            output = process.stderr.read()[-2000:] if process.stderr else ""
+            raise RuntimeError(f"{what} exited with status {process.returncode}: {output}".rstrip(": "))
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        time.sleep(poll_s)
+    stop_process(process)
+    raise RuntimeError(f"{what} did not answer at {url} within {timeout_s:.0f} s")
+
+
+def stop_process(process: subprocess.Popen, timeout_s: float = 20.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout_s`."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
