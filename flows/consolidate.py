@@ -208,103 +208,95 @@ def consolidate_group(
     dry_run: bool,
     flow_run_id: str,
 ) -> dict:
-    """Merge, evaluate and (unless dry run) publish one group, holding the group's lock."""
-    # a short lease, renewed while held: a killed worker blocks its group for a minute at most
+    """Merge, evaluate and (unless dry run) publish one group; returns its summary and per-task rows.
+
+    Holds the group's slot throughout: a short lease, renewed while held, so a killed worker blocks
+    its group for a minute at most.
+    """
     with concurrency(group_lock(label), occupy=1, strict=True, lease_duration=60):
-        return merge_evaluate_publish(label, rows, method, heads, rank, min_retention, dry_run, flow_run_id)
-
-
-def merge_evaluate_publish(
-    label: str,
-    rows: list[dict],
-    method: str,
-    heads: int | None,
-    rank: int | None,
-    min_retention: float,
-    dry_run: bool,
-    flow_run_id: str,
-) -> dict:
-    """The work of `consolidate_group`; returns the group's summary and its per-task rows."""
-    logger = get_run_logger()
-    settings = FlowSettings.from_env()
-    registry = open_registry()
-    cache = settings.work_dir / "adapters"
-    cache.mkdir(parents=True, exist_ok=True)
-    adapters = [load_member(row, fetch(registry, row, cache)) for row in rows]
-    params = requested_params(method, heads, rank)
-    if already_served(registry, adapters, method, params):
-        logger.info("group %s: unchanged since its current bundle, skipped", label)
-        return {"group": label, "status": "unchanged", "tasks": []}
-    gate = Gate(min_retention)
-    evaluate = GroupEvaluator(adapters, settings.device)
-    excluded: dict[str, str] = {}
-    if method == "auto":
-        outcome = auto_hydraopt(adapters, evaluate, evaluate.originals, gate=gate, device=settings.device)
-        excluded = outcome.excluded
-        if outcome.result is None:
-            left = [
-                {"group": label, "task": t, "passed": False, "reason": why} for t, why in excluded.items()
-            ]
-            return {"group": label, "status": "gate failed", "tasks": left, "excluded": excluded}
-        result, decision = outcome.result, outcome.decision
-        scores = evaluate(result)
-    else:
-        result = merge_adapters(adapters, method, device=settings.device, **params)
-        scores = evaluate(result)
-        decision = gate.decide(evaluate.originals, scores)
-    members = [a for a in adapters if a.task_name in result.tasks]
-    tasks = [
-        {
+        logger = get_run_logger()
+        settings = FlowSettings.from_env()
+        registry = open_registry()
+        cache = settings.work_dir / "adapters"
+        cache.mkdir(parents=True, exist_ok=True)
+        adapters = [load_member(row, fetch(registry, row, cache)) for row in rows]
+        params = requested_params(method, heads, rank)
+        if already_served(registry, adapters, method, params):
+            logger.info("group %s: unchanged since its current bundle, skipped", label)
+            return {"group": label, "status": "unchanged", "tasks": []}
+        gate = Gate(min_retention)
+        evaluate = GroupEvaluator(adapters, settings.device)
+        excluded: dict[str, str] = {}
+        if method == "auto":
+            outcome = auto_hydraopt(adapters, evaluate, evaluate.originals, gate=gate, device=settings.device)
+            excluded = outcome.excluded
+            if outcome.result is None:
+                left = [
+                    {"group": label, "task": t, "passed": False, "reason": why} for t, why in excluded.items()
+                ]
+                return {"group": label, "status": "gate failed", "tasks": left, "excluded": excluded}
+            result, decision = outcome.result, outcome.decision
+            scores = evaluate(result)
+        else:
+            result = merge_adapters(adapters, method, device=settings.device, **params)
+            scores = evaluate(result)
+            decision = gate.decide(evaluate.originals, scores)
+        members = [a for a in adapters if a.task_name in result.tasks]
+        tasks = [
+            {
+                "group": label,
+                "task": task,
+                "head": result.assignment[task],
+                "metric": scores[task].metric,
+                "original": evaluate.originals[task].value,
+                "merged": scores[task].value,
+                "retention": verdict.retention,
+                "passed": verdict.passed,
+                "reason": verdict.reason,
+            }
+            for task, verdict in decision.verdicts.items()
+        ]
+        tasks += [
+            {"group": label, "task": t, "passed": False, "reason": f"left on its adapter: {why}"}
+            for t, why in excluded.items()
+        ]
+        summary = {
             "group": label,
-            "task": task,
-            "head": result.assignment[task],
-            "metric": scores[task].metric,
-            "original": evaluate.originals[task].value,
-            "merged": scores[task].value,
-            "retention": verdict.retention,
-            "passed": verdict.passed,
-            "reason": verdict.reason,
+            "method": method,
+            "heads": result.heads,
+            "rank": result.rank,
+            "tasks": tasks,
+            "excluded": excluded,
         }
-        for task, verdict in decision.verdicts.items()
-    ]
-    tasks += [
-        {"group": label, "task": t, "passed": False, "reason": f"left on its adapter: {why}"}
-        for t, why in excluded.items()
-    ]
-    summary = {
-        "group": label,
-        "method": method,
-        "heads": result.heads,
-        "rank": result.rank,
-        "tasks": tasks,
-        "excluded": excluded,
-    }
-    if not decision.publish:
-        logger.warning("group %s: gate failed for %s; nothing published", label, decision.failing)
-        return summary | {"status": "gate failed"}
-    if dry_run:
-        return summary | {"status": "dry run: would publish"}
-    extra = {
-        "flow_run_id": flow_run_id,
-        "consolidate": {"method": method, "params": params},
-        "gate": decision.to_dict(),
-    }
-    with tempfile.TemporaryDirectory(prefix="hydracat-bundle-", dir=settings.work_dir) as tmp:
-        manifest = write_bundle(
-            members,
-            result,
-            Path(tmp) / "bundle",
-            metrics=metrics_of(scores, evaluate.originals, decision),
-            extra=extra,
+        if not decision.publish:
+            logger.warning("group %s: gate failed for %s; nothing published", label, decision.failing)
+            return summary | {"status": "gate failed"}
+        if dry_run:
+            return summary | {"status": "dry run: would publish"}
+        extra = {
+            "flow_run_id": flow_run_id,
+            "consolidate": {"method": method, "params": params},
+            "gate": decision.to_dict(),
+        }
+        with tempfile.TemporaryDirectory(prefix="hydracat-bundle-", dir=settings.work_dir) as tmp:
+            manifest = write_bundle(
+                members,
+                result,
+                Path(tmp) / "bundle",
+                metrics=metrics_of(scores, evaluate.originals, decision),
+                extra=extra,
+            )
+            key = f"bundles/{model_folder_name(members[0].base_model)}/{manifest['bundle_id']}"
+            uri = publish_objects(Path(tmp) / "bundle", key)
+        published = publish_records(manifest, uri, flow_run_id)
+        logger.info(
+            "group %s: published bundle %s, %d alias moves",
+            label,
+            manifest["bundle_id"],
+            len(published["moves"]),
         )
-        key = f"bundles/{model_folder_name(members[0].base_model)}/{manifest['bundle_id']}"
-        uri = publish_objects(Path(tmp) / "bundle", key)
-    published = publish_records(manifest, uri, flow_run_id)
-    logger.info(
-        "group %s: published bundle %s, %d alias moves", label, manifest["bundle_id"], len(published["moves"])
-    )
-    storage = manifest["storage"]["ratio"]
-    return summary | {"status": "published", "bundle_id": manifest["bundle_id"], "storage_ratio": storage}
+        storage = manifest["storage"]["ratio"]
+        return summary | {"status": "published", "bundle_id": manifest["bundle_id"], "storage_ratio": storage}
 
 
 @task(**RETRIES, cache_policy=NO_CACHE)
