@@ -1,9 +1,20 @@
-"""`nightly`: sync the catalog, then consolidate it. Deployed on a cron schedule by `hydracat serve`."""
+"""`nightly`: sync the catalog, then consolidate it. Deployed on a cron schedule by `hydracat serve`.
 
-from prefect import flow
+Run from a deployment, nightly starts consolidate through its own deployment (`consolidate/consolidate`,
+on the `gpu` pool in infra/prefect.yaml) and waits for it, so the merge runs where that deployment
+says; run directly (a script, the demo, tests), or where no such deployment exists, consolidate runs
+in-process as a subflow.
+"""
+
+from prefect import flow, get_run_logger
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
+from prefect.runtime import deployment
 
 from flows.catalog import sync_catalog
 from flows.consolidate import BaseModelFilter, DryRun, Heads, Method, MinRetention, Rank, consolidate
+
+CONSOLIDATE_DEPLOYMENT = "consolidate/consolidate"
 
 
 @flow(name="nightly")
@@ -18,8 +29,23 @@ def nightly(
 ) -> dict:
     """Register new adapters from the bucket, then merge, evaluate and publish every group."""
     synced = sync_catalog(prefix)
-    consolidated = consolidate(method, heads, rank, min_retention, base_model, dry_run)
-    return {"sync": synced, "consolidate": consolidated}
+    parameters = {"method": method, "heads": heads, "rank": rank, "min_retention": min_retention,
+                  "base_model": base_model, "dry_run": dry_run}  # fmt: skip
+    return {"sync": synced, "consolidate": run_consolidate(parameters)}
+
+
+def run_consolidate(parameters: dict) -> dict:
+    """Consolidate on its deployment when nightly runs from one, else as a subflow."""
+    if deployment.get_id():
+        try:
+            run = run_deployment(CONSOLIDATE_DEPLOYMENT, parameters=parameters, timeout=None, poll_interval=2)
+        except ObjectNotFound:
+            get_run_logger().info("no %s deployment: consolidating in this process", CONSOLIDATE_DEPLOYMENT)
+        else:
+            if not run.state or not run.state.is_completed():
+                raise RuntimeError(f"consolidate flow run {run.id} ended {run.state and run.state.name}")
+            return {"flow_run_id": str(run.id), "state": run.state.name}
+    return consolidate(**parameters)
 
 
 if __name__ == "__main__":

@@ -81,14 +81,31 @@ def test_the_three_deployments_exist_with_parameter_forms_and_the_nightly_schedu
     assert found["consolidate"]["schedules"] == [] and found["sync-catalog"]["schedules"] == []
 
 
-def test_a_run_triggered_through_the_api_completes(served):
-    api, deployments = served
-    deployment = by_name(deployments)["sync-catalog"]
+def trigger_and_wait(api: httpx.Client, deployment: dict) -> tuple[dict, dict]:
     run = api.post(f"/deployments/{deployment['id']}/create_flow_run", json={"parameters": {}}).json()
 
     def finished():
         state = api.get(f"/flow_runs/{run['id']}").json()["state"]
         return state if state["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"} else None
 
-    state = wait_for(finished, 180, "the triggered flow run")
+    return run, wait_for(finished, 180, "the triggered flow run")
+
+
+def test_a_run_triggered_through_the_api_completes(served):
+    api, deployments = served
+    _, state = trigger_and_wait(api, by_name(deployments)["sync-catalog"])
     assert state["type"] == "COMPLETED", state
+
+
+def test_nightly_runs_consolidate_through_its_own_deployment(served):
+    """So that the merge runs on the consolidate deployment's pool (gpu in infra/prefect.yaml)."""
+    api, deployments = served
+    found = by_name(deployments)
+    nightly_run, state = trigger_and_wait(api, found["nightly"])
+    assert state["type"] == "COMPLETED", state
+    runs = api.post("/flow_runs/filter", json={
+        "flow_runs": {"deployment_id": {"any_": [found["consolidate"]["id"]]}}}).json()  # fmt: skip
+    (child,) = [r for r in runs if r["parent_task_run_id"]]
+    assert child["state"]["type"] == "COMPLETED"
+    parent_task = api.get(f"/task_runs/{child['parent_task_run_id']}").json()
+    assert parent_task["flow_run_id"] == nightly_run["id"]
