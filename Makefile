@@ -10,7 +10,7 @@ export PREFECT_HOME ?= $(CURDIR)/.cache/prefect
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: demo test lint bench bench-registry bench-quality clean
+.PHONY: demo test lint bench bench-registry bench-quality bench-reliability clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ bench-registry: $(STAMP)
 # Trains one LoRA per task on SmolLM2 (cached), merges them every way; ~25 min on 2 CPU cores.
 bench-quality: $(STAMP)
 	$(BIN)/hydracat bench quality --json .cache/bench-quality.json --plot docs/bench-quality.png
+
+# Bad inputs, injected faults (the flows' real 1/4/16 s retries) and 60 s of HTTP load at 200/s, on a
+# throwaway catalog (moto S3, SQLite, a temporary Prefect server).
+bench-reliability: $(STAMP)
+	$(BIN)/hydracat bench reliability --json .cache/bench-reliability.json
 
 clean:
 	rm -rf $(VENV) .cache

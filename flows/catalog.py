@@ -148,7 +148,11 @@ def list_bucket(prefix: str) -> list[str]:
 
 @task(**RETRIES, task_run_name="check {folder.name}/{folder.version}")
 def check_and_register(folder: AdapterFolder) -> dict:
-    """Download, inspect and register one folder: status active, quarantined or pending."""
+    """Download, inspect and register one folder: status active, quarantined or pending.
+
+    Only what was downloaded is judged: a store error or timeout fails the task (retried if
+    transient) before anything is registered, and never quarantines the folder.
+    """
     registry = open_registry()
     uri = registry.store.uri_for(folder.key)
     with tempfile.TemporaryDirectory(prefix="hydracat-sync-") as tmp:

@@ -3,9 +3,10 @@
 1. Plan: the newest active version of every registered adapter, downloaded once (cached by
    sha256 under HYDRACAT_WORK_DIR) and grouped by compatibility key (base model, revision,
    adapter type, module shapes).
-2. One task per group, run concurrently; a Prefect global concurrency limit per group (one slot)
-   keeps two runs from merging or publishing the same group at once. A group whose every task
-   already serves a bundle of exactly these adapter versions, method and parameters is skipped.
+2. One task per group, run concurrently; a lock per group in the registry database
+   (`flows.locks`, dropped the moment its holder dies) keeps two runs from merging or publishing
+   the same group at once. A group whose every task already serves a bundle of exactly these
+   adapter versions, method and parameters is skipped.
 3. Merge (`hydraopt.merge_adapters`, or `auto`: the smallest HydraOpt setting that passes the
    gate, tasks that never pass are left on their original adapters), then evaluate each task:
    on its eval set (``eval.jsonl`` beside the adapter) with the base model from
@@ -16,19 +17,21 @@
 """
 
 import hashlib
+import shutil
 import tempfile
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.concurrency.sync import concurrency
 from prefect.context import get_run_context
 from pydantic import Field
 
 from flows.catalog import EVAL_FILE, RETRIES
+from flows.locks import group_lock
 from flows.resources import base_model_folder, open_registry
 from flows.settings import FlowSettings, model_folder_name
 from hydraopt.adapter import Adapter
@@ -40,6 +43,7 @@ from hydraopt.merge import MergeResult, merge_adapters
 from hydraopt.metrics import reconstruction_errors
 from registry.api import Registry
 from registry.errors import RegistryError
+from registry.settings import Settings
 
 Method = Literal["hydraopt", "auto", "task_arithmetic", "ties", "dare_linear", "dare_ties"]
 Heads = Annotated[int | None, Field(ge=1, description="B' heads K (default: one per task)")]
@@ -72,10 +76,13 @@ def fetch(registry: Registry, row: dict, cache: Path) -> Path:
     if key is None:
         raise ValueError(f"adapter {row['name']} {row['version']}: {row['uri']} is not in the object store")
     staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=cache))
-    for file in ("adapter_config.json", "adapter_model.safetensors", EVAL_FILE):
-        if file != EVAL_FILE or registry.store.exists(f"{key}/{file}"):
-            registry.store.download(f"{key}/{file}", staging / file)
-    staging.rename(folder)
+    try:
+        for file in ("adapter_config.json", "adapter_model.safetensors", EVAL_FILE):
+            if file != EVAL_FILE or registry.store.exists(f"{key}/{file}"):
+                registry.store.download(f"{key}/{file}", staging / file)
+        staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone after the rename; a failed fetch leaves nothing
     return folder
 
 
@@ -210,16 +217,14 @@ def consolidate_group(
 ) -> dict:
     """Merge, evaluate and (unless dry run) publish one group; returns its summary and per-task rows.
 
-    Holds the group's slot throughout: a short lease, renewed while held, so a killed worker blocks
-    its group for a minute at most.
+    Holds the group's lock throughout; a killed worker's lock is dropped with its process.
     """
-    with concurrency(group_lock(label), occupy=1, strict=True, lease_duration=60):
-        logger = get_run_logger()
+    logger = get_run_logger()
+    waiting = partial(logger.info, "group %s: another run holds its lock, waiting", label)
+    with group_lock(Settings.from_env().database_url, label, on_wait=waiting):
         settings = FlowSettings.from_env()
         registry = open_registry()
-        cache = settings.work_dir / "adapters"
-        cache.mkdir(parents=True, exist_ok=True)
-        adapters = [load_member(row, fetch(registry, row, cache)) for row in rows]
+        adapters = fetch_members(rows)
         params = requested_params(method, heads, rank)
         if already_served(registry, adapters, method, params):
             logger.info("group %s: unchanged since its current bundle, skipped", label)
@@ -309,25 +314,25 @@ def publish_records(manifest: dict, uri: str, flow_run_id: str) -> dict:
     return open_registry().publish_bundle(manifest, uri, reason="consolidate", actor=f"prefect:{flow_run_id}")
 
 
-def group_lock(label: str) -> str:
-    """A one-slot global concurrency limit for the group, created on first use."""
-    from prefect.client.orchestration import get_client
+@task(**RETRIES, cache_policy=NO_CACHE)
+def fetch_members(rows: list[dict]) -> list[Adapter]:
+    """The group's adapters, from the work dir's cache or the store (S3 errors and timeouts retried)."""
+    registry = open_registry()
+    cache = adapter_cache()
+    return [load_member(row, fetch(registry, row, cache)) for row in rows]
 
-    name = f"hydracat-group-{label}"
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except Exception:  # noqa: BLE001 - ObjectNotFound: create it
-            client.upsert_global_concurrency_limit_by_name(name, 1)
-    return name
+
+def adapter_cache() -> Path:
+    cache = FlowSettings.from_env().work_dir / "adapters"
+    cache.mkdir(parents=True, exist_ok=True)
+    return cache
 
 
 @task(**RETRIES, cache_policy=NO_CACHE)
 def plan_groups(base_model: str | None) -> dict[str, list[dict]]:
     """Newest active adapter versions grouped by compatibility key: {label: [registry rows]}."""
     registry = open_registry()
-    cache = FlowSettings.from_env().work_dir / "adapters"
-    cache.mkdir(parents=True, exist_ok=True)
+    cache = adapter_cache()
     groups: dict[str, list[dict]] = {}
     for row in newest_active(registry.list_adapters(status="active"), base_model):
         groups.setdefault(group_label(load_member(row, fetch(registry, row, cache))), []).append(row)

@@ -5,6 +5,7 @@ from pathlib import Path
 from flows.settings import FlowSettings, model_folder_name
 from registry.api import Registry
 from registry.settings import Settings
+from registry.store.base import StoreError
 
 
 def open_registry() -> Registry:
@@ -22,10 +23,17 @@ def base_model_folder(base_model: str) -> Path | None:
 
 
 def is_transient(error: BaseException | None) -> bool:
-    """Network, timeout, throttling and server-side errors of S3 or the database."""
+    """Network, timeout, throttling and server-side errors of S3 or the database.
+
+    botocore's timeouts are among them: ReadTimeoutError is an HTTPClientError, ConnectTimeoutError
+    and EndpointConnectionError are ConnectionErrors. A store error raised while handling an S3
+    error is judged by that error.
+    """
     from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
     from sqlalchemy.exc import DBAPIError, OperationalError
 
+    if isinstance(error, StoreError) and error.__context__ is not None:
+        return is_transient(error.__context__)
     if isinstance(error, ConnectionError | HTTPClientError | OperationalError | TimeoutError | OSError):
         return not isinstance(error, FileNotFoundError | PermissionError)
     if isinstance(error, DBAPIError):

@@ -32,7 +32,9 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> None:
     from flows.bench.merge import add_merge_bench
     from flows.bench.quality import add_quality_bench
     from flows.bench.registry import add_registry_bench
+    from flows.bench.reliability import add_reliability_bench
 
     add_merge_bench(benches)
     add_registry_bench(benches)
     add_quality_bench(benches)
+    add_reliability_bench(benches)
