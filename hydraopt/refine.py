@@ -8,8 +8,8 @@ rows, as the closed form does: A' = G Qᵀ, ΔW_i = T_i Qᵀ, and only C̃_i = Q
 
 Alternating least squares from the closed form, each step exact, so the loss never increases:
 - heads: B'_k = (Σ_{i∈k} w_i T_i C̃_i Gᵀ)(Σ_{i∈k} w_i G C̃_i Gᵀ)⁻¹;
-- shared: Σ_i w_i S_{c(i)} G C̃_i = Σ_i w_i B'_{c(i)}ᵀ T_i C̃_i with S_k = B'_kᵀ B'_k, a linear
-  system of size r'·R (vec(S G C) = (C ⊗ S) vec(G)).
+- shared: Σ_i w_i S_{c(i)} G C̃_i = Σ_i w_i B'_{c(i)}ᵀ T_i C̃_i with S_k = B'_kᵀ B'_k, solved by
+  conjugate gradients from the current G (never forming the r'R × r'R system, so large groups fit).
 `ridge` mixes a little of the data-free loss into every C̃_i (directions the calibration never
 visited still count), so a small calibration set cannot pull the merge far from the closed form.
 With `weighting="relative"` w_i = 1 / tr(T_i C̃_i T_iᵀ): each task's relative output error counts.
@@ -18,6 +18,7 @@ With `weighting="relative"` w_i = 1 / tr(T_i C̃_i T_iᵀ): each task's relative
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -102,33 +103,62 @@ def refine_module(
     iterations: int,
     relative: bool,
 ) -> SharedLowRank:
-    """ALS on Σ_i w_i tr((T_i − B'G) C̃_i (T_i − B'G)ᵀ) from the closed-form (A', B')."""
+    """ALS on Σ_i w_i tr((T_i − B'G) C̃_i (T_i − B'G)ᵀ) from the closed-form (A', B').
+
+    Tasks enter only through per-head sums C̄_k = Σ_{i∈k} w_i C̃_i and D_k = Σ_{i∈k} w_i T_i C̃_i.
+    """
     shared = merged.A.double() @ basis  # G: r'×R
     head_b = merged.B.double().clone()  # K×d_out×r'
-    weights = [
-        1.0 / max(torch.sum((t @ g) * t).item(), 1e-300) if relative else 1.0
-        for t, g in zip(targets, grams, strict=True)
-    ]
     rank, size = shared.shape
+    c_bar = torch.zeros(head_b.shape[0], size, size, dtype=torch.float64)
+    d_bar = torch.zeros(head_b.shape[0], head_b.shape[1], size, dtype=torch.float64)
+    for t, g, k in zip(targets, grams, heads, strict=True):
+        weighted = t @ g
+        w = 1.0 / max(torch.sum(weighted * t).item(), 1e-300) if relative else 1.0
+        c_bar[k] += w * g
+        d_bar[k] += w * weighted
     eye_r = torch.eye(rank, dtype=torch.float64)
     for _ in range(iterations):
-        num = torch.zeros_like(head_b)
-        den = torch.zeros(head_b.shape[0], rank, rank, dtype=torch.float64)
-        for t, g, k, w in zip(targets, grams, heads, weights, strict=True):
-            num[k] += w * (t @ g @ shared.T)
-            den[k] += w * (shared @ g @ shared.T)
         for k in range(head_b.shape[0]):
-            jitter = 1e-10 * den[k].trace().clamp_min(1e-300) * eye_r
-            head_b[k] = torch.linalg.solve(den[k] + jitter, num[k].T).T
-        system = torch.zeros(rank * size, rank * size, dtype=torch.float64)
-        rhs = torch.zeros(rank, size, dtype=torch.float64)
-        for t, g, k, w in zip(targets, grams, heads, weights, strict=True):
-            system += w * torch.kron(g, head_b[k].T @ head_b[k])
-            rhs += w * (head_b[k].T @ t @ g)
-        jitter = 1e-10 * system.trace().clamp_min(1e-300) / system.shape[0]
-        system.diagonal().add_(jitter)
-        shared = torch.linalg.solve(system, rhs.T.reshape(-1)).reshape(size, rank).T
+            den = shared @ c_bar[k] @ shared.T
+            den += 1e-10 * den.trace().clamp_min(1e-300) * eye_r
+            head_b[k] = torch.linalg.solve(den, (d_bar[k] @ shared.T).T).T
+        gram_b = head_b.transpose(1, 2) @ head_b  # S_k = B'_kᵀ B'_k
+        rhs = torch.einsum("kdr,kds->rs", head_b, d_bar)
+        shared = conjugate_gradient(partial(shared_operator, gram_b, c_bar), rhs, shared)
     return SharedLowRank((shared @ basis.T).float(), head_b.float())
+
+
+def shared_operator(gram_b: torch.Tensor, c_bar: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+    """G ↦ Σ_k S_k G C̄_k, the normal operator of the shared-factor step."""
+    return torch.einsum("krs,sa,kab->rb", gram_b, shared, c_bar)
+
+
+def conjugate_gradient(
+    operator: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor, start: torch.Tensor,
+    tolerance: float = 1e-10,
+) -> torch.Tensor:  # fmt: skip
+    """Solve operator(x) = rhs (symmetric positive semi-definite) from `start`; never increases
+    ½⟨x, operator(x)⟩ − ⟨x, rhs⟩, exact after at most rhs.numel() steps."""
+    x = start.clone()
+    residual = rhs - operator(x)
+    direction = residual.clone()
+    norm = torch.sum(residual * residual)
+    stop = tolerance**2 * torch.sum(rhs * rhs)
+    for _ in range(rhs.numel()):
+        if norm <= stop:
+            break
+        applied = operator(direction)
+        curvature = torch.sum(direction * applied)
+        if curvature <= 0:
+            break
+        step = norm / curvature
+        x += step * direction
+        residual -= step * applied
+        new_norm = torch.sum(residual * residual)
+        direction = residual + (new_norm / norm) * direction
+        norm = new_norm
+    return x
 
 
 def data_aware_loss(
