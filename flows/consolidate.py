@@ -36,11 +36,14 @@ from flows.resources import base_model_folder, open_registry
 from flows.settings import FlowSettings, model_folder_name
 from hydraopt.adapter import Adapter
 from hydraopt.evaluation import Evaluator, Gate, TaskScore, auto_hydraopt
+from hydraopt.evaluation.activations import input_statistics
 from hydraopt.evaluation.suite import TaskSet, read_task_jsonl
 from hydraopt.formats.bundle import write_bundle
 from hydraopt.formats.peft_lora import load_adapter
 from hydraopt.merge import MergeResult, merge_adapters
 from hydraopt.metrics import reconstruction_errors
+from hydraopt.refine import InputStatistics
+from hydraopt.refine import refine as refine_merge
 from registry.api import Registry
 from registry.errors import RegistryError
 from registry.settings import Settings
@@ -51,6 +54,10 @@ Rank = Annotated[int | None, Field(ge=1, description="rank r' of A' (default: ma
 MinRetention = Annotated[float, Field(gt=0, le=1, description="gate: minimum retention per task")]
 BaseModelFilter = Annotated[str | None, Field(description="only this base model's adapters")]
 DryRun = Annotated[bool, Field(description="merge and evaluate, publish nothing")]
+Refine = Annotated[
+    bool,
+    Field(description="refine HydraOpt merges on each task's inputs (eval.jsonl rows with split \"train\")"),
+]
 
 
 # planning
@@ -108,8 +115,9 @@ def requested_params(method: str, heads: int | None, rank: int | None) -> dict:
     return {name: value for name, value in params.items() if value is not None}
 
 
-def already_served(registry: Registry, adapters: list[Adapter], method: str, params: dict) -> bool:
-    """Every task's current bundle was made from exactly these adapters, method and params."""
+def already_served(registry: Registry, adapters: list[Adapter], made_by: dict) -> bool:
+    """Every task's current bundle was made from exactly these adapters and `made_by` (method, params,
+    refine)."""
     members = sorted((a.task_name, a.sha256) for a in adapters)
     for adapter in adapters:
         try:
@@ -117,8 +125,7 @@ def already_served(registry: Registry, adapters: list[Adapter], method: str, par
         except RegistryError:
             return False
         served = sorted((m["task"], m["sha256"]) for m in manifest["members"])
-        made_by = manifest.get("consolidate", {})
-        if served != members or made_by.get("method") != method or made_by.get("params") != params:
+        if served != members or manifest.get("consolidate") != made_by:
             return False
     return True
 
@@ -143,9 +150,13 @@ def weight_space_scores(adapters: list[Adapter], result: MergeResult) -> dict[st
 
 
 class GroupEvaluator:
-    """Scores merges of one group: function space where an eval set and the base model exist."""
+    """Scores merges of one group: function space where an eval set and the base model exist.
 
-    def __init__(self, adapters: list[Adapter], device: str | None):
+    With `calibrate`, and where every member's eval.jsonl has train rows, it also collects the
+    input statistics that `refine` needs (`hydraopt.refine`); `why_not_refined` says otherwise.
+    """
+
+    def __init__(self, adapters: list[Adapter], device: str | None, calibrate: bool = False):
         self.adapters = adapters
         tasks = eval_sets(adapters)
         base = base_model_folder(adapters[0].base_model)
@@ -161,6 +172,21 @@ class GroupEvaluator:
         if self.evaluator:
             self.originals |= self.evaluator.originals(self.function_space)
         self.last: tuple[MergeResult, dict[str, TaskScore]] | None = None
+        self.statistics: InputStatistics | None = None
+        uncalibrated = sorted({a.task_name for a in adapters} - {t.name for t in tasks if t.train})
+        if not self.evaluator:
+            self.why_not_refined = "no eval sets or no base model to calibrate on"
+        elif uncalibrated:
+            self.why_not_refined = f"no calibration rows (split \"train\") for {uncalibrated}"
+        else:
+            self.why_not_refined = None if calibrate else "not asked for"
+        if calibrate and self.why_not_refined is None:
+            model, tokenizer = self.evaluator.model, self.evaluator.tokenizer
+            self.statistics = input_statistics(model, tokenizer, tasks, adapters)
+
+    def refine(self, result: MergeResult) -> MergeResult:
+        """`result` refined on the group's input statistics (only when `statistics` exist)."""
+        return refine_merge(result, self.adapters, self.statistics)
 
     def __call__(self, result: MergeResult) -> dict[str, TaskScore]:
         if self.last is not None and self.last[0] is result:
@@ -212,6 +238,7 @@ def consolidate_group(
     heads: int | None,
     rank: int | None,
     min_retention: float,
+    refine: bool,
     dry_run: bool,
     flow_run_id: str,
 ) -> dict:
@@ -226,14 +253,20 @@ def consolidate_group(
         registry = open_registry()
         adapters = fetch_members(rows)
         params = requested_params(method, heads, rank)
-        if already_served(registry, adapters, method, params):
+        refine = refine and method in ("hydraopt", "auto")
+        made_by = {"method": method, "params": params, "refine": refine}
+        if already_served(registry, adapters, made_by):
             logger.info("group %s: unchanged since its current bundle, skipped", label)
             return {"group": label, "status": "unchanged", "tasks": []}
         gate = Gate(min_retention)
-        evaluate = GroupEvaluator(adapters, settings.device)
+        evaluate = GroupEvaluator(adapters, settings.device, calibrate=refine)
+        refiner = evaluate.refine if evaluate.statistics else None
+        if refine and refiner is None:
+            logger.info("group %s: closed form only, not refined: %s", label, evaluate.why_not_refined)
         excluded: dict[str, str] = {}
         if method == "auto":
-            outcome = auto_hydraopt(adapters, evaluate, evaluate.originals, gate=gate, device=settings.device)
+            outcome = auto_hydraopt(adapters, evaluate, evaluate.originals, gate=gate, refine=refiner,
+                                    device=settings.device)  # fmt: skip
             excluded = outcome.excluded
             if outcome.result is None:
                 left = [
@@ -244,6 +277,8 @@ def consolidate_group(
             scores = evaluate(result)
         else:
             result = merge_adapters(adapters, method, device=settings.device, **params)
+            if refiner:
+                result = refiner(result)
             scores = evaluate(result)
             decision = gate.decide(evaluate.originals, scores)
         members = [a for a in adapters if a.task_name in result.tasks]
@@ -270,6 +305,7 @@ def consolidate_group(
             "method": method,
             "heads": result.heads,
             "rank": result.rank,
+            "refined": "refine" in result.params,
             "tasks": tasks,
             "excluded": excluded,
         }
@@ -280,7 +316,7 @@ def consolidate_group(
             return summary | {"status": "dry run: would publish"}
         extra = {
             "flow_run_id": flow_run_id,
-            "consolidate": {"method": method, "params": params},
+            "consolidate": made_by,
             "gate": decision.to_dict(),
         }
         with tempfile.TemporaryDirectory(prefix="hydracat-bundle-", dir=settings.work_dir) as tmp:
@@ -346,6 +382,7 @@ def consolidate(
     rank: Rank = None,
     min_retention: MinRetention = 0.97,
     base_model: BaseModelFilter = None,
+    refine: Refine = True,
     dry_run: DryRun = False,
 ) -> dict:
     """Merge every group of compatible adapters, evaluate, and publish the ones that pass the gate."""
@@ -354,7 +391,9 @@ def consolidate(
     groups = plan_groups(base_model)
     logger.info("%d group(s): %s", len(groups), ", ".join(f"{k} ({len(v)})" for k, v in groups.items()))
     futures = [
-        consolidate_group.submit(label, rows, method, heads, rank, min_retention, dry_run, flow_run_id)
+        consolidate_group.submit(
+            label, rows, method, heads, rank, min_retention, refine, dry_run, flow_run_id
+        )
         for label, rows in groups.items()
     ]
     results = [future.result() for future in futures]

@@ -4,8 +4,9 @@
    that is not installed, a tiny random Llama (said in a notice).
 2. One LoRA per task (built-in task suite; the same A init for every task), trained once and
    cached under --cache.
-3. The adapters and their eval sets are dropped into a local-folder object store under
-   ``adapters/<task>/1/``, as a team would drop them into the bucket.
+3. The adapters and their eval sets (with 64 train rows per task, which consolidate refines the
+   merge on) are dropped into a local-folder object store under ``adapters/<task>/1/``, as a team
+   would drop them into the bucket.
 4. The `nightly` flow runs in Prefect's ephemeral mode: `sync-catalog` registers the adapters in
    a SQLite registry, `consolidate` merges them (`auto`: the smallest HydraOpt setting whose
    evaluated retention passes the gate), evaluates every task and publishes the bundle.
@@ -27,6 +28,7 @@ from hydraopt.evaluation import builtin_suite
 from hydraopt.evaluation.suite import TaskSet, write_task_jsonl
 
 DEMO_TASKS = ("sentiment", "capitalise_names", "country_capital", "date_iso")
+CALIBRATION_ROWS = 64
 DEMO_TRAINING = TrainingConfig(rank=8, alpha=16, steps=30, batch_size=16, learning_rate=2e-3)
 TINY_BASE = "hydracat/tiny-lm"
 
@@ -84,7 +86,7 @@ def drop_into_store(adapters: dict[str, Path], tasks: list[TaskSet]) -> None:
         for file in ("adapter_config.json", "adapter_model.safetensors"):
             store.put_file(f"{key}/{file}", adapters[task.name] / file)
         eval_file = adapters[task.name].parent / f"{task.name}.eval.jsonl"
-        write_task_jsonl(eval_file, TaskSet(task.name, task.metric, (), task.eval))
+        write_task_jsonl(eval_file, TaskSet(task.name, task.metric, task.train[:CALIBRATION_ROWS], task.eval))
         store.put_file(f"{key}/eval.jsonl", eval_file)
 
 
@@ -92,7 +94,8 @@ def print_table(result: dict) -> None:
     for group in result["consolidate"]["groups"]:
         title = f"group {group['group']}: {group['status']}"
         if "bundle_id" in group:
-            title += f", bundle {group['bundle_id']} (K={group['heads']}, r'={group['rank']}, "
+            refined = ", refined" if group["refined"] else ""
+            title += f", bundle {group['bundle_id']} (K={group['heads']}, r'={group['rank']}{refined}, "
             title += f"storage {group['storage_ratio']:.3f} of the individual adapters)"
         print(title)
         print(f"{'task':<18} {'head':>4} {'metric':<12} {'original':>8} {'merged':>8} {'retention':>9}  gate")

@@ -131,3 +131,21 @@ def test_folders_are_named_from_the_prefix_folder():
         ("b-x", "2", "adapters/b-x/2", ("eval.jsonl",)),
     ]
     assert len(refused) == 1 and "expected adapters/<name>/<version>/<file>" in refused[0]
+
+
+def test_a_group_with_calibration_rows_is_refined_and_passes_where_the_closed_form_fails(catalog):
+    registry = catalog["registry"]
+    trained = ["alpha", "beta", "gamma"]  # their eval.jsonl holds train rows as well as eval rows
+    for name in trained:
+        sync_catalog(prefix=f"adapters/{name}")
+    (closed,) = consolidate(rank=1, refine=False)["groups"]  # r' = 1: one direction for three tasks
+    assert closed["status"] == "gate failed" and closed["refined"] is False
+    assert "alpha" in [row["task"] for row in closed["tasks"] if not row["passed"]]
+
+    (refined,) = consolidate(rank=1)["groups"]
+    assert refined["status"] == "published" and refined["refined"] is True
+    assert all(row["passed"] and row["metric"] == "exact_match" for row in refined["tasks"])
+    manifest = registry.current_bundle("alpha")["manifest"]
+    assert manifest["consolidate"] == {"method": "hydraopt", "params": {"rank": 1}, "refine": True}
+    assert manifest["params"]["refine"] == {"iterations": 8, "ridge": 0.01}
+    assert consolidate(rank=1)["published"] == []  # same inputs, same request: unchanged

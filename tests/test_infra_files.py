@@ -53,6 +53,7 @@ CONSOLIDATE_PARAMS = {
     "rank": None,
     "min_retention": 0.97,
     "base_model": None,
+    "refine": True,
     "dry_run": False,
 }
 # Fields of prefect-docker's DockerWorkerJobConfiguration and prefect-kubernetes'
