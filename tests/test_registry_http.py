@@ -80,3 +80,58 @@ def test_rollback_and_retire(client: TestClient, registry: Registry):
     retired = client.post("/v1/adapters/sst2-adapter/1/retire", headers=AUTH).json()
     assert retired["status"] == "retired"
     assert client.post("/v1/adapters/sst2-adapter/9/retire", headers=AUTH).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("header", "status"),
+    [
+        (None, 401),
+        ("Bearer", 401),  # no credentials
+        ("Bearer ", 401),
+        (f"Basic {TOKEN}", 401),  # another scheme
+        (TOKEN, 401),  # no scheme
+        ("Bearer wrong", 403),
+        (f"Bearer {TOKEN[:-1]}", 403),  # a prefix of the token
+        (f"Bearer {TOKEN}x", 403),
+        (f"Bearer {TOKEN.upper()}", 403),
+    ],
+)
+def test_refused_writes_change_nothing(
+    client: TestClient, registry: Registry, header: str | None, status: int
+):
+    before = (registry.history("sst2"), registry.list_adapters())
+    headers = {"Authorization": header} if header is not None else {}
+    for path in ["/v1/tasks/sst2/rollback", "/v1/adapters/sst2-adapter/1/retire"]:
+        response = client.post(path, headers=headers)
+        assert response.status_code == status, response.text
+        assert TOKEN not in response.text
+    assert (registry.history("sst2"), registry.list_adapters()) == before
+
+
+LEAK = "connection to /srv/hydracat/secret.db failed in registry/api.py line 42: SELECT * FROM task_aliases"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "call"),
+    [
+        ("get", "/v1/tasks/sst2/bundle", "current_bundle"),
+        ("get", "/v1/adapters", "list_adapters"),
+        ("post", "/v1/tasks/sst2/rollback", "rollback"),
+    ],
+)
+def test_an_internal_error_is_a_500_without_details(
+    client: TestClient, registry: Registry, monkeypatch, caplog, method: str, path: str, call: str
+):
+    from sqlalchemy.exc import OperationalError
+
+    def fail(*_args, **_kwargs):
+        raise OperationalError("SELECT * FROM task_aliases", {}, RuntimeError(LEAK))
+
+    monkeypatch.setattr(Registry, call, fail)
+    quiet = TestClient(client.app, raise_server_exceptions=False)
+    response = getattr(quiet, method)(path, headers=AUTH)
+    assert response.status_code == 500
+    assert response.json() == {"detail": "internal error, see the server log"}
+    for leak in ["Traceback", "OperationalError", "RuntimeError", ".py", "secret.db", "SELECT", 'File "']:
+        assert leak not in response.text
+    assert LEAK in caplog.text  # the details go to the server log

@@ -23,14 +23,13 @@ import json
 import logging
 import os
 import random
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from flows.bench.load import Call, free_port, latency_stats, send_paced
 from flows.processes import stop_process, wait_until_answering
 
 SEED = 1234
@@ -41,22 +40,7 @@ WARMUP = 50
 CHUNK = 5000
 
 
-# statistics
-
-
-def latency_stats(samples_s: list[float]) -> dict:
-    """p50/p99/mean/max in milliseconds (inclusive quantiles over all samples)."""
-    ms = [s * 1000.0 for s in samples_s]
-    if len(ms) == 1:
-        ms = ms * 2
-    cuts = statistics.quantiles(ms, n=100, method="inclusive")
-    return {
-        "n": len(samples_s),
-        "p50_ms": cuts[49],
-        "p99_ms": cuts[98],
-        "mean_ms": statistics.fmean(ms),
-        "max_ms": max(ms),
-    }
+# helpers
 
 
 def random_names(names: list[str], count: int, seed: int) -> list[str]:
@@ -231,12 +215,6 @@ def time_calls(call, names: list[str]) -> list[float]:
     return samples
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_server(db_url: str, port: int, probe_task: str, timeout_s: float = 60.0) -> subprocess.Popen:
     root = Path(__file__).resolve().parents[2]
     env = dict(os.environ)
@@ -247,52 +225,28 @@ def start_server(db_url: str, port: int, probe_task: str, timeout_s: float = 60.
     return wait_until_answering(process, url, "the registry server", timeout_s, poll_s=0.1)
 
 
-async def paced_requests(base_url: str, names: list[str], rate: float, max_seconds: float) -> dict:
-    """Open-loop: request i is sent at t0 + i / rate whatever earlier requests are doing."""
-    import httpx
+def paced_requests(base_url: str, names: list[str], rate: float, max_seconds: float) -> dict:
+    """GET the current bundle of each of `names`, paced open-loop (`flows.bench.load.send_paced`).
 
-    latencies: list[float] = []
-    lags: list[float] = []
-    errors: list[str] = []
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=10.0) as client:
-        for name in names[: min(WARMUP, len(names))]:
-            await client.get(f"/v1/tasks/{name}/bundle")
-
-        async def one(name: str, due: float) -> None:
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            start = time.perf_counter()
-            lags.append(start - due)
-            try:
-                response = await client.get(f"/v1/tasks/{name}/bundle")
-                elapsed = time.perf_counter() - start
-                if response.status_code != 200 or response.json().get("task") != name:
-                    errors.append(f"{name}: HTTP {response.status_code}")
-                else:
-                    latencies.append(elapsed)
-            except httpx.HTTPError as exc:
-                errors.append(f"{name}: {type(exc).__name__}: {exc}")
-
-        t0 = time.perf_counter() + 0.05
-        count = min(len(names), max(1, int(rate * max_seconds)))
-        pending = [asyncio.create_task(one(name, t0 + i / rate)) for i, name in enumerate(names[:count])]
-        done, not_done = await asyncio.wait(pending, timeout=max_seconds + 15.0)
-        for task in not_done:
-            task.cancel()
-        wall = time.perf_counter() - t0
-    sent = count - len(not_done)
+    An error is a transport error, a status other than 200, or an answer for another task.
+    """
+    count = min(len(names), max(1, int(rate * max_seconds)))
+    warmup = [Call("current", name) for name in names[: min(WARMUP, len(names))]]
+    sent = asyncio.run(send_paced(base_url, lambda i: Call("current", names[i]), count, rate, warmup=warmup))
+    ok = [r for r in sent.records if r.status == 200 and r.body and r.body["task"] == r.target]
+    errors = [f"{r.target}: {r.error or f'HTTP {r.status}'}" for r in sent.records if r.status != 200]
+    errors += [f"{r.target}: answered for {r.body['task']}" for r in sent.records if r.body and r not in ok]
+    lags = [r.lag_s for r in sent.records]
     return {
-        "latencies": latencies,
+        "latencies": [r.latency_s for r in ok],
         "requests": count,
-        "completed": len(latencies),
-        "errors": len(errors) + len(not_done),
+        "completed": len(ok),
+        "errors": len(errors) + sent.unanswered,
         "error_samples": errors[:5],
-        "duration_s": wall,
-        "achieved_rate": len(latencies) / wall if wall > 0 else 0.0,
-        "send_lag_p99_ms": latency_stats(lags)["p99_ms"] if len(lags) >= 1 else None,
-        "sent": sent,
+        "duration_s": sent.duration_s,
+        "achieved_rate": len(ok) / sent.duration_s if sent.duration_s > 0 else 0.0,
+        "send_lag_p99_ms": latency_stats(lags)["p99_ms"] if lags else None,
+        "sent": sent.sent,
     }
 
 
@@ -300,7 +254,7 @@ def bench_http(db_url: str, names: list[str], rate: float, max_seconds: float) -
     port = free_port()
     process = start_server(db_url, port, names[0])
     try:
-        outcome = asyncio.run(paced_requests(f"http://127.0.0.1:{port}", names, rate, max_seconds))
+        outcome = paced_requests(f"http://127.0.0.1:{port}", names, rate, max_seconds)
     finally:
         stop_process(process, timeout_s=10)
     latencies = outcome.pop("latencies")
