@@ -385,7 +385,7 @@ def add_quality_bench(benches: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="training batch size (16)")
     parser.add_argument("--learning-rate", type=float, default=2e-3, help="AdamW learning rate (2e-3)")
     parser.add_argument("--train-size", type=int, default=256, help="train examples per task (256)")
-    parser.add_argument("--eval-size", type=int, default=50, help="eval examples per task (50)")
+    parser.add_argument("--eval-size", type=int, default=100, help="eval examples per task (100)")
     parser.add_argument("--eval-batch-size", type=int, default=25, help="examples per forward pass (25)")
     parser.add_argument("--refine-examples", type=int, default=64,
                         help="train examples per task for the data-aware refinement, 0 for none (64)")
