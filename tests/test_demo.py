@@ -18,7 +18,7 @@ def test_demo_publishes_through_the_flows_and_prints_the_registry_answer(tmp_pat
     assert run.returncode == 0, run.stderr[-3000:]
     out = run.stdout
     assert "sync-catalog registered: alpha/1, beta/1, gamma/1" in out
-    bundle_id = re.search(r"published, bundle (\w+) \(K=(\d+), r'=(\d+), storage ([\d.]+)", out)
+    bundle_id = re.search(r"published, bundle (\w+) \(K=(\d+), r'=(\d+), refined, storage ([\d.]+)", out)
     assert bundle_id, out
     assert float(bundle_id[4]) < 1.0  # auto found a setting smaller than the three adapters
     rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["alpha"], ["beta"], ["gamma"])]
