@@ -166,7 +166,7 @@ def targets(rows: list[dict], auto: dict, source_rank: int) -> dict:
     baselines = [r for r in rows if r["method"] in BASELINES]
     best_baseline = max(baselines, key=lambda r: r["mean_retention"])
     same_storage = [r for r in hydra if r["heads"] == 1 and r["rank"] == source_rank]
-    k1 = same_storage[0] if same_storage else None
+    k1 = max(same_storage, key=lambda r: r["mean_retention"], default=None)  # closed form or refined
     passing = [r for r in hydra if r["publish"]]
     smallest_passing = min(passing, key=lambda r: r["storage_ratio"], default=None)
     auto_ratio = auto["setting"]["storage_ratio"] if auto["setting"] else None
