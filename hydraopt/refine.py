@@ -60,7 +60,6 @@ def refine(
     *,
     iterations: int = 8,
     ridge: float = 0.01,
-    progress: Callable[[int, int], None] | None = None,
 ) -> MergeResult:
     """`result` with A' and B' refined on each merged task's input `statistics`. `adapters` must
     hold every merged task's adapter; the statistics may cover more tasks (a superset's span)."""
@@ -75,13 +74,11 @@ def refine(
     relative = result.params.get("weighting") == "relative"
     bases = span_bases(ordered)
     modules = {}
-    for done, (name, basis) in enumerate(bases.items(), start=1):
+    for name, basis in bases.items():
         targets = [(a.modules[name].B.double() @ (a.modules[name].A.double() @ basis)) for a in ordered]
         grams = [regularised(statistics.in_basis(t, name, basis), ridge) for t in result.tasks]
         merged = result.modules[name]
         modules[name] = refine_module(merged, basis, targets, grams, heads, iterations, relative)
-        if progress:
-            progress(done, len(bases))
     params = {**result.params, "refine": {"iterations": iterations, "ridge": ridge}}
     return dataclasses.replace(result, params=params, modules=modules)
 
