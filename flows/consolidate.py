@@ -37,6 +37,7 @@ from flows.settings import FlowSettings, model_folder_name
 from hydraopt.adapter import Adapter
 from hydraopt.evaluation import Evaluator, Gate, TaskScore, auto_hydraopt
 from hydraopt.evaluation.activations import input_statistics
+from hydraopt.evaluation.distillation import distill
 from hydraopt.evaluation.suite import TaskSet, read_task_jsonl
 from hydraopt.formats.bundle import write_bundle
 from hydraopt.formats.peft_lora import load_adapter
@@ -58,6 +59,11 @@ Refine = Annotated[
     bool,
     Field(description="refine HydraOpt merges on each task's inputs (eval.jsonl rows with split \"train\")"),
 ]
+DistillSteps = Annotated[
+    int,
+    Field(ge=0, description="then this many gradient steps on the KL to the original adapters over the same "
+          "rows (slow on CPU: minutes per group; 0 = off)"),
+]  # fmt: skip
 
 
 # planning
@@ -115,9 +121,15 @@ def requested_params(method: str, heads: int | None, rank: int | None) -> dict:
     return {name: value for name, value in params.items() if value is not None}
 
 
-def already_served(registry: Registry, adapters: list[Adapter], made_by: dict) -> bool:
-    """Every task's current bundle was made from exactly these adapters and `made_by` (method, params,
-    refine)."""
+def made_by(method: str, params: dict, refine: bool, distill_steps: int) -> dict:
+    """How a bundle was asked for, as its manifest records it (`distill_steps` only when used)."""
+    shared_a = method in ("hydraopt", "auto")
+    record = {"method": method, "params": params, "refine": refine and shared_a}
+    return record | ({"distill_steps": distill_steps} if distill_steps and shared_a else {})
+
+
+def already_served(registry: Registry, adapters: list[Adapter], request: dict) -> bool:
+    """Every task's current bundle was made from exactly these adapters and `request` (`made_by`)."""
     members = sorted((a.task_name, a.sha256) for a in adapters)
     for adapter in adapters:
         try:
@@ -125,7 +137,7 @@ def already_served(registry: Registry, adapters: list[Adapter], made_by: dict) -
         except RegistryError:
             return False
         served = sorted((m["task"], m["sha256"]) for m in manifest["members"])
-        if served != members or manifest.get("consolidate") != made_by:
+        if served != members or manifest.get("consolidate") != request:
             return False
     return True
 
@@ -152,13 +164,15 @@ def weight_space_scores(adapters: list[Adapter], result: MergeResult) -> dict[st
 class GroupEvaluator:
     """Scores merges of one group: function space where an eval set and the base model exist.
 
-    With `calibrate`, and where every member's eval.jsonl has train rows, it also collects the
-    input statistics that `refine` needs (`hydraopt.refine`); `why_not_refined` says otherwise.
+    Where every member's eval.jsonl has train rows, `improve` refines a HydraOpt merge on them
+    (`hydraopt.refine`, if `refine`) and then distils it (`distill_steps` > 0); `improves` says
+    whether it will, `why_not_refined` why not.
     """
 
-    def __init__(self, adapters: list[Adapter], device: str | None, calibrate: bool = False):
-        self.adapters = adapters
-        tasks = eval_sets(adapters)
+    def __init__(self, adapters: list[Adapter], device: str | None, refine: bool = False,
+                 distill_steps: int = 0):  # fmt: skip
+        self.adapters, self.distill_steps = adapters, distill_steps
+        self.tasks = tasks = eval_sets(adapters)
         base = base_model_folder(adapters[0].base_model)
         self.evaluator = None
         if tasks and base is not None:
@@ -179,14 +193,20 @@ class GroupEvaluator:
         elif uncalibrated:
             self.why_not_refined = f"no calibration rows (split \"train\") for {uncalibrated}"
         else:
-            self.why_not_refined = None if calibrate else "not asked for"
-        if calibrate and self.why_not_refined is None:
+            self.why_not_refined = None if refine or distill_steps else "not asked for"
+        self.improves = self.why_not_refined is None
+        if refine and self.improves:
             model, tokenizer = self.evaluator.model, self.evaluator.tokenizer
             self.statistics = input_statistics(model, tokenizer, tasks, adapters)
 
-    def refine(self, result: MergeResult) -> MergeResult:
-        """`result` refined on the group's input statistics (only when `statistics` exist)."""
-        return refine_merge(result, self.adapters, self.statistics)
+    def improve(self, result: MergeResult) -> MergeResult:
+        """`result` refined on the group's input statistics and distilled, as asked (needs `improves`)."""
+        if self.statistics is not None:
+            result = refine_merge(result, self.adapters, self.statistics)
+        if self.distill_steps:
+            model, tokenizer = self.evaluator.model, self.evaluator.tokenizer
+            result = distill(result, model, tokenizer, self.tasks, self.adapters, steps=self.distill_steps)
+        return result
 
     def __call__(self, result: MergeResult) -> dict[str, TaskScore]:
         if self.last is not None and self.last[0] is result:
@@ -239,6 +259,7 @@ def consolidate_group(
     rank: int | None,
     min_retention: float,
     refine: bool,
+    distill_steps: int,
     dry_run: bool,
     flow_run_id: str,
 ) -> dict:
@@ -253,15 +274,15 @@ def consolidate_group(
         registry = open_registry()
         adapters = fetch_members(rows)
         params = requested_params(method, heads, rank)
-        refine = refine and method in ("hydraopt", "auto")
-        made_by = {"method": method, "params": params, "refine": refine}
-        if already_served(registry, adapters, made_by):
+        request = made_by(method, params, refine, distill_steps)
+        if already_served(registry, adapters, request):
             logger.info("group %s: unchanged since its current bundle, skipped", label)
             return {"group": label, "status": "unchanged", "tasks": []}
         gate = Gate(min_retention)
-        evaluate = GroupEvaluator(adapters, settings.device, calibrate=refine)
-        refiner = evaluate.refine if evaluate.statistics else None
-        if refine and refiner is None:
+        steps = request.get("distill_steps", 0)
+        evaluate = GroupEvaluator(adapters, settings.device, request["refine"], steps)
+        refiner = evaluate.improve if evaluate.improves else None
+        if refiner is None and evaluate.why_not_refined != "not asked for":
             logger.info("group %s: closed form only, not refined: %s", label, evaluate.why_not_refined)
         excluded: dict[str, str] = {}
         if method == "auto":
@@ -306,6 +327,7 @@ def consolidate_group(
             "heads": result.heads,
             "rank": result.rank,
             "refined": "refine" in result.params,
+            "distilled": result.params.get("distill", {}).get("kept", False),
             "tasks": tasks,
             "excluded": excluded,
         }
@@ -316,7 +338,7 @@ def consolidate_group(
             return summary | {"status": "dry run: would publish"}
         extra = {
             "flow_run_id": flow_run_id,
-            "consolidate": made_by,
+            "consolidate": request,
             "gate": decision.to_dict(),
         }
         with tempfile.TemporaryDirectory(prefix="hydracat-bundle-", dir=settings.work_dir) as tmp:
@@ -383,6 +405,7 @@ def consolidate(
     min_retention: MinRetention = 0.97,
     base_model: BaseModelFilter = None,
     refine: Refine = True,
+    distill_steps: DistillSteps = 0,
     dry_run: DryRun = False,
 ) -> dict:
     """Merge every group of compatible adapters, evaluate, and publish the ones that pass the gate."""
@@ -392,7 +415,7 @@ def consolidate(
     logger.info("%d group(s): %s", len(groups), ", ".join(f"{k} ({len(v)})" for k, v in groups.items()))
     futures = [
         consolidate_group.submit(
-            label, rows, method, heads, rank, min_retention, refine, dry_run, flow_run_id
+            label, rows, method, heads, rank, min_retention, refine, distill_steps, dry_run, flow_run_id
         )
         for label, rows in groups.items()
     ]

@@ -12,7 +12,17 @@ from prefect.exceptions import ObjectNotFound
 from prefect.runtime import deployment
 
 from flows.catalog import sync_catalog
-from flows.consolidate import BaseModelFilter, DryRun, Heads, Method, MinRetention, Rank, Refine, consolidate
+from flows.consolidate import (
+    BaseModelFilter,
+    DistillSteps,
+    DryRun,
+    Heads,
+    Method,
+    MinRetention,
+    Rank,
+    Refine,
+    consolidate,
+)
 
 CONSOLIDATE_DEPLOYMENT = "consolidate/consolidate"
 
@@ -26,12 +36,14 @@ def nightly(
     min_retention: MinRetention = 0.97,
     base_model: BaseModelFilter = None,
     refine: Refine = True,
+    distill_steps: DistillSteps = 0,
     dry_run: DryRun = False,
 ) -> dict:
     """Register new adapters from the bucket, then merge, evaluate and publish every group."""
     synced = sync_catalog(prefix)
     parameters = {"method": method, "heads": heads, "rank": rank, "min_retention": min_retention,
-                  "base_model": base_model, "refine": refine, "dry_run": dry_run}  # fmt: skip
+                  "base_model": base_model, "refine": refine, "distill_steps": distill_steps,
+                  "dry_run": dry_run}  # fmt: skip
     return {"sync": synced, "consolidate": run_consolidate(parameters)}
 
 

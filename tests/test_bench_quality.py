@@ -18,7 +18,8 @@ def run(tmp_path_factory) -> tuple[dict, dict]:
     argv = [
         "bench", "quality", "--base", "tiny", "--json", str(out), "--plot", str(png), "--tasks", *TASKS,
         "--rank", "4", "--ranks", "2,4", "--heads", "1,2,0", "--steps", "4", "--batch-size", "4",
-        "--train-size", "16", "--eval-size", "6", "--cache", str(folder / "cache"),
+        "--train-size", "16", "--eval-size", "6", "--distill-steps", "2", "--distill-learning-rate", "1e-3",
+        "--cache", str(folder / "cache"),
     ]  # fmt: skip
     assert main(argv) == 0
     return json.loads(out.read_text()), {"folder": folder, "png": png}
@@ -27,7 +28,12 @@ def run(tmp_path_factory) -> tuple[dict, dict]:
 def test_every_setting_is_reported_with_storage_and_retention(run):
     report, _ = run
     names = [row["name"] for row in report["results"]]
-    hydra = [f"hydraopt{kind} K={k} r'={r}" for k in (1, 2, 3) for r in RANKS for kind in ("", "+refine")]
+    hydra = [
+        f"hydraopt{kind} K={k} r'={r}"
+        for k in (1, 2, 3)
+        for r in RANKS
+        for kind in ("", "+refine", "+distill")
+    ]
     assert names == ["individual", "task_arithmetic", "ties", "dare_linear", "dare_ties", *hydra]
     n = len(TASKS)
     for row in report["results"]:
@@ -49,14 +55,23 @@ def test_every_setting_is_reported_with_storage_and_retention(run):
     }
 
 
-def test_refined_rows_record_how_they_were_refined(run):
+def test_refined_and_distilled_rows_record_how_they_were_made(run):
     report, _ = run
     assert report["config"]["refine"] == {"examples": 64, "iterations": 8}
-    refined = [row for row in report["results"] if row["refined"]]
-    assert len(refined) == 6 and all(row["params"]["refine"]["iterations"] == 8 for row in refined)
+    assert report["config"]["distill"] == {"steps": 2, "examples": 64, "learning_rate": 1e-3}
     hydra = [row for row in report["results"] if row["method"] == "hydraopt"]
-    closed = {(r["heads"], r["rank"]): r for r in hydra if not r["refined"]}
-    for row in refined:  # same storage, a different merge
+    by_stage = {
+        stage: [r for r in hydra if r["stage"] == stage] for stage in ("closed", "refined", "distilled")
+    }
+    assert [len(rows) for rows in by_stage.values()] == [6, 6, 6]
+    assert all(
+        row["params"]["refine"]["iterations"] == 8 for row in by_stage["refined"] + by_stage["distilled"]
+    )
+    for row in by_stage["distilled"]:  # distilled from the refined merge, kept only where the KL fell
+        record = row["params"]["distill"]
+        assert record["steps"] == 2 and record["kept"] == (record["kl_after"] < record["kl_before"])
+    closed = {(r["heads"], r["rank"]): r for r in by_stage["closed"]}
+    for row in by_stage["refined"]:  # same storage, a different merge
         twin = closed[(row["heads"], row["rank"])]
         assert row["storage_ratio"] == twin["storage_ratio"]
         assert row["mean_relative_error"] != twin["mean_relative_error"]

@@ -149,3 +149,24 @@ def test_a_group_with_calibration_rows_is_refined_and_passes_where_the_closed_fo
     assert manifest["consolidate"] == {"method": "hydraopt", "params": {"rank": 1}, "refine": True}
     assert manifest["params"]["refine"] == {"iterations": 8, "ridge": 0.01}
     assert consolidate(rank=1)["published"] == []  # same inputs, same request: unchanged
+
+
+def test_distillation_is_asked_per_run_recorded_in_the_manifest_and_changes_the_request(catalog):
+    registry = catalog["registry"]
+    for name in ["alpha", "beta", "gamma"]:
+        sync_catalog(prefix=f"adapters/{name}")
+    (group,) = consolidate(rank=2, distill_steps=3)["groups"]
+    assert group["status"] == "published" and group["refined"] is True
+    manifest = registry.current_bundle("alpha")["manifest"]
+    assert manifest["consolidate"] == {
+        "method": "hydraopt",
+        "params": {"rank": 2},
+        "refine": True,
+        "distill_steps": 3,
+    }
+    record = manifest["params"]["distill"]
+    assert record["steps"] == 3 and record["examples"] == 64 and record["kept"] == group["distilled"]
+    assert record["kept"] == (record["kl_after"] < record["kl_before"])
+    assert consolidate(rank=2, distill_steps=3)["published"] == []  # same request: unchanged
+    assert len(consolidate(rank=2)["published"]) == 1  # without distillation: a different request
+    assert "distill" not in registry.current_bundle("alpha")["manifest"]["params"]

