@@ -444,8 +444,8 @@ def add_quality_bench(benches: argparse._SubParsersAction) -> None:
     parser.add_argument("--distill-steps", type=int, default=0,
                         help="then distil each merge: Adam steps on the KL to the originals over the "
                         "same train examples; 0 for none (0)")  # fmt: skip
-    parser.add_argument("--distill-learning-rate", type=float, default=1e-4,
-                        help="Adam learning rate of the distillation (1e-4)")  # fmt: skip
+    parser.add_argument("--distill-learning-rate", type=float, default=3e-5,
+                        help="Adam learning rate of the distillation (3e-5)")  # fmt: skip
     parser.add_argument("--gate", type=float, default=0.97, help="minimum retention per task (0.97)")
     parser.add_argument("--seed", type=int, default=0, help="task suite seed (0)")
     parser.add_argument("--device", help="cpu or cuda (default: cpu)")

@@ -46,7 +46,7 @@ def distill(
     examples: int = 64,
     steps: int = 16,
     batch_size: int = 16,
-    learning_rate: float = 1e-4,
+    learning_rate: float = 3e-5,
     seed: int = 0,
     progress: Callable[[int, int, float], None] | None = None,
 ) -> MergeResult:
