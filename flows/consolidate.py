@@ -19,6 +19,7 @@
 import hashlib
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -170,8 +171,9 @@ class GroupEvaluator:
     """
 
     def __init__(self, adapters: list[Adapter], device: str | None, refine: bool = False,
-                 distill_steps: int = 0):  # fmt: skip
-        self.adapters, self.distill_steps = adapters, distill_steps
+                 distill_steps: int = 0,
+                 on_distill_step: Callable[[int, int, float], None] | None = None):  # fmt: skip
+        self.adapters, self.distill_steps, self.on_distill_step = adapters, distill_steps, on_distill_step
         self.tasks = tasks = eval_sets(adapters)
         base = base_model_folder(adapters[0].base_model)
         self.evaluator = None
@@ -205,7 +207,8 @@ class GroupEvaluator:
             result = refine_merge(result, self.adapters, self.statistics)
         if self.distill_steps:
             model, tokenizer = self.evaluator.model, self.evaluator.tokenizer
-            result = distill(result, model, tokenizer, self.tasks, self.adapters, steps=self.distill_steps)
+            result = distill(result, model, tokenizer, self.tasks, self.adapters, steps=self.distill_steps,
+                             progress=self.on_distill_step)  # fmt: skip
         return result
 
     def __call__(self, result: MergeResult) -> dict[str, TaskScore]:
@@ -280,7 +283,8 @@ def consolidate_group(
             return {"group": label, "status": "unchanged", "tasks": []}
         gate = Gate(min_retention)
         steps = request.get("distill_steps", 0)
-        evaluate = GroupEvaluator(adapters, settings.device, request["refine"], steps)
+        progress = partial(logger.info, "group %s: distill step %d/%d, KL %.6f", label)
+        evaluate = GroupEvaluator(adapters, settings.device, request["refine"], steps, progress)
         refiner = evaluate.improve if evaluate.improves else None
         if refiner is None and evaluate.why_not_refined != "not asked for":
             logger.info("group %s: closed form only, not refined: %s", label, evaluate.why_not_refined)

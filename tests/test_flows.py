@@ -1,6 +1,7 @@
 """The Prefect flows end to end: real flow runs (prefect_test_harness), boto3 over HTTP to a moto
 server, the registry on SQLite and on PostgreSQL, real PEFT loading of what gets published."""
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -151,12 +152,14 @@ def test_a_group_with_calibration_rows_is_refined_and_passes_where_the_closed_fo
     assert consolidate(rank=1)["published"] == []  # same inputs, same request: unchanged
 
 
-def test_distillation_is_asked_per_run_recorded_in_the_manifest_and_changes_the_request(catalog):
+def test_distillation_is_asked_per_run_recorded_in_the_manifest_and_changes_the_request(catalog, caplog):
     registry = catalog["registry"]
     for name in ["alpha", "beta", "gamma"]:
         sync_catalog(prefix=f"adapters/{name}")
-    (group,) = consolidate(rank=2, distill_steps=3)["groups"]
+    with caplog.at_level(logging.INFO):
+        (group,) = consolidate(rank=2, distill_steps=3)["groups"]
     assert group["status"] == "published" and group["refined"] is True
+    assert [f"distill step {i}/3" in caplog.text for i in (1, 2, 3)] == [True] * 3
     manifest = registry.current_bundle("alpha")["manifest"]
     assert manifest["consolidate"] == {
         "method": "hydraopt",

@@ -438,8 +438,10 @@ def add_quality_bench(benches: argparse._SubParsersAction) -> None:
     parser.add_argument("--train-size", type=int, default=256, help="train examples per task (256)")
     parser.add_argument("--eval-size", type=int, default=100, help="eval examples per task (100)")
     parser.add_argument("--eval-batch-size", type=int, default=25, help="examples per forward pass (25)")
-    parser.add_argument("--refine-examples", type=int, default=64,
-                        help="train examples per task for the data-aware refinement, 0 for none (64)")  # fmt: skip
+    parser.add_argument(
+        "--refine-examples", type=int, default=64,
+        help="train examples per task to refine (and distil) on; 0: no refinement (64)",
+    )  # fmt: skip
     parser.add_argument("--refine-iterations", type=int, default=8, help="refinement ALS iterations (8)")
     parser.add_argument("--distill-steps", type=int, default=0,
                         help="then distil each merge: Adam steps on the KL to the originals over the "
