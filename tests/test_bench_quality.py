@@ -89,3 +89,23 @@ def test_auto_uses_the_sweep_grid(run):
     report, _ = run
     tried = {(t["heads"], t["rank"]) for t in report["auto"]["tried"]}
     assert tried <= {(k, r) for k in (1, 2, 3) for r in RANKS}
+
+
+def test_a_target_whose_settings_were_not_swept_is_not_applicable():
+    from flows.bench.quality import targets
+
+    def row(name, method, heads, rank, storage, mean, low, publish):
+        return {"name": name, "method": method, "heads": heads, "rank": rank, "storage_ratio": storage,
+                "mean_retention": mean, "min_retention": low, "publish": publish}  # fmt: skip
+
+    rows = [
+        row("ties", "ties", 1, 8, 0.111, 0.34, 0.0, False),
+        row("h", "hydraopt", 9, 8, 0.467, 0.997, 0.973, True),
+    ]
+    auto = {"setting": {"storage_ratio": 0.467}, "excluded": {}}
+    judged = targets(rows, auto, source_rank=8)
+    assert judged["hydraopt_k1_vs_best_baseline"]["met"] is None  # no K = 1 at rank 8 in the sweep
+    assert judged["hydraopt_at_most_55pct_storage"]["met"] is True
+    assert judged["auto_no_larger_than_smallest_passing"]["met"] is True
+    rows.append(row("k1", "hydraopt", 1, 8, 0.111, 0.30, 0.0, False))
+    assert targets(rows, auto, source_rank=8)["hydraopt_k1_vs_best_baseline"]["met"] is False
