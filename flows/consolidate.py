@@ -38,7 +38,7 @@ from flows.settings import FlowSettings, model_folder_name
 from hydraopt.adapter import Adapter
 from hydraopt.evaluation import Evaluator, Gate, TaskScore, auto_hydraopt
 from hydraopt.evaluation.activations import input_statistics
-from hydraopt.evaluation.distillation import distill
+from hydraopt.evaluation.distillation import References, distill, references
 from hydraopt.evaluation.suite import TaskSet, read_task_jsonl
 from hydraopt.formats.bundle import write_bundle
 from hydraopt.formats.peft_lora import load_adapter
@@ -174,7 +174,7 @@ class GroupEvaluator:
                  distill_steps: int = 0,
                  on_distill_step: Callable[[int, int, float], None] | None = None):  # fmt: skip
         self.adapters, self.distill_steps, self.on_distill_step = adapters, distill_steps, on_distill_step
-        self.tasks = tasks = eval_sets(adapters)
+        tasks = eval_sets(adapters)
         base = base_model_folder(adapters[0].base_model)
         self.evaluator = None
         if tasks and base is not None:
@@ -189,6 +189,7 @@ class GroupEvaluator:
             self.originals |= self.evaluator.originals(self.function_space)
         self.last: tuple[MergeResult, dict[str, TaskScore]] | None = None
         self.statistics: InputStatistics | None = None
+        self.references: References | None = None
         uncalibrated = sorted({a.task_name for a in adapters} - {t.name for t in tasks if t.train})
         if not self.evaluator:
             self.why_not_refined = "no eval sets or no base model to calibrate on"
@@ -197,17 +198,20 @@ class GroupEvaluator:
         else:
             self.why_not_refined = None if refine or distill_steps else "not asked for"
         self.improves = self.why_not_refined is None
-        if refine and self.improves:
+        if self.improves:
             model, tokenizer = self.evaluator.model, self.evaluator.tokenizer
-            self.statistics = input_statistics(model, tokenizer, tasks, adapters)
+            if refine:
+                self.statistics = input_statistics(model, tokenizer, tasks, adapters)
+            if distill_steps:
+                self.references = references(model, tokenizer, tasks, adapters)
 
     def improve(self, result: MergeResult) -> MergeResult:
         """`result` refined on the group's input statistics and distilled, as asked (needs `improves`)."""
         if self.statistics is not None:
             result = refine_merge(result, self.adapters, self.statistics)
-        if self.distill_steps:
+        if self.references is not None:
             model, tokenizer = self.evaluator.model, self.evaluator.tokenizer
-            result = distill(result, model, tokenizer, self.tasks, self.adapters, steps=self.distill_steps,
+            result = distill(result, model, tokenizer, self.references, steps=self.distill_steps,
                              progress=self.on_distill_step)  # fmt: skip
         return result
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from hydraopt.evaluation.function import answer_logits, encode_example
+from hydraopt.evaluation.function import answer_logits, encode_example, padding_id
 from hydraopt.evaluation.suite import TaskSet
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -76,7 +76,7 @@ def fit(peft_model, tokenizer, task: TaskSet, config: TrainingConfig, progress) 
     encoded = [encode_example(tokenizer, example) for example in task.train]
     if not encoded:
         raise ValueError(f"task {task.name!r} has no train examples")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = padding_id(tokenizer)
     rng = random.Random(f"{config.data_seed}:{task.name}")
     parameters = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=0.0)

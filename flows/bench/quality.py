@@ -43,7 +43,7 @@ from hydraopt.evaluation import (
     write_suite,
 )
 from hydraopt.evaluation.activations import input_statistics
-from hydraopt.evaluation.distillation import distill
+from hydraopt.evaluation.distillation import References, distill, references
 from hydraopt.evaluation.suite import TaskSet
 from hydraopt.formats.peft_lora import load_adapter
 from hydraopt.merge import MergeResult, merge_adapters
@@ -116,14 +116,14 @@ STAGES = ("closed", "refined", "distilled")
 class Sweep:
     """Merges and evaluations of every setting, each merge (per stage) and evaluation done once."""
 
-    def __init__(self, adapters: list[Adapter], tasks: list[TaskSet], evaluator: Evaluator, originals: dict,
-                 gate: Gate, device, statistics: InputStatistics | None = None, iterations: int = 8,
-                 distill_options: dict | None = None):  # fmt: skip
-        self.adapters, self.tasks, self.evaluator, self.originals = adapters, tasks, evaluator, originals
+    def __init__(self, adapters: list[Adapter], evaluator: Evaluator, originals: dict, gate: Gate, device,
+                 statistics: InputStatistics | None = None, iterations: int = 8,
+                 reference: References | None = None, distill_options: dict | None = None):  # fmt: skip
+        self.adapters, self.evaluator, self.originals = adapters, evaluator, originals
         self.gate, self.device = gate, device
         self.statistics, self.iterations = statistics, iterations
-        self.distill_options = distill_options
-        self.stages = [s for s, on in zip(STAGES, (True, statistics, distill_options), strict=True) if on]
+        self.reference, self.distill_options = reference, distill_options
+        self.stages = [s for s, on in zip(STAGES, (True, statistics, reference), strict=True) if on]
         self.merged: dict[tuple, MergeResult] = {}
         self.scored: dict[tuple, dict[str, TaskScore]] = {}
         self.rows: list[dict] = []
@@ -152,8 +152,7 @@ class Sweep:
             progress.set_postfix(kl=f"{loss:.5f}")
 
         model, tokenizer = self.evaluator.model, self.evaluator.tokenizer
-        distilled = distill(result, model, tokenizer, self.tasks, self.adapters, progress=step,
-                            **self.distill_options)  # fmt: skip
+        distilled = distill(result, model, tokenizer, self.reference, progress=step, **self.distill_options)
         progress.close()
         return distilled
 
@@ -340,12 +339,16 @@ def run_bench(args: argparse.Namespace) -> int:
         statistics = input_statistics(model, tokenizer, suite, adapters, examples=args.refine_examples,
                                       progress=lambda _task: progress.update(1))  # fmt: skip
         progress.close()
-    distill_options = None
+    reference, distill_options = None, None
     if args.distill_steps:
-        distill_options = {"steps": args.distill_steps, "examples": args.refine_examples or 64,
-                           "learning_rate": args.distill_learning_rate}  # fmt: skip
-    sweep = Sweep(adapters, suite, evaluator, originals, gate, args.device, statistics,
-                  args.refine_iterations, distill_options)  # fmt: skip
+        distill_options = {"steps": args.distill_steps, "learning_rate": args.distill_learning_rate}
+        examples = args.refine_examples or 64
+        progress = bar(len(suite), f"original adapters' outputs ({examples} train examples per task)")
+        reference = references(model, tokenizer, suite, adapters, examples=examples,
+                               progress=lambda _task: progress.update(1))  # fmt: skip
+        progress.close()
+    sweep = Sweep(adapters, evaluator, originals, gate, args.device, statistics, args.refine_iterations,
+                  reference, distill_options)  # fmt: skip
     n = len(adapters)
     sweep.rows.append({
         "name": "individual", "method": "individual", "stage": None, "params": {}, "heads": n,
@@ -380,7 +383,7 @@ def run_bench(args: argparse.Namespace) -> int:
             "refine": {"examples": args.refine_examples, "iterations": args.refine_iterations}
             if statistics
             else None,
-            "distill": distill_options,
+            "distill": distill_options and {**distill_options, "examples": reference.examples},
             "gate_min_retention": args.gate,
             "heads": heads,
             "ranks": args.ranks,

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 
 from hydraopt.adapter import Adapter
-from hydraopt.evaluation.function import EvaluationError, applied, encode_example
+from hydraopt.evaluation.function import applied, calibration_examples, task_of_each
 from hydraopt.evaluation.suite import TaskSet
 from hydraopt.factors import LoraDelta
 from hydraopt.refine import InputStatistics, span_bases
@@ -24,17 +24,13 @@ def input_statistics(
     progress: Callable[[str], None] | None = None,
 ) -> InputStatistics:
     """Statistics of every adapter's task (matched by name) on its first `examples` train examples."""
-    by_name = {t.name: t for t in tasks}
-    missing = sorted(a.task_name for a in adapters if a.task_name not in by_name)
-    if missing:
-        raise EvaluationError(f"no calibration examples for task(s) {missing}")
     bases = span_bases(adapters)
     grams = {}
-    for adapter in adapters:
+    for adapter, task in zip(adapters, task_of_each(tasks, adapters), strict=True):
         if progress:
-            progress(adapter.task_name)
-        grams[adapter.task_name] = input_grams(model, tokenizer, by_name[adapter.task_name], adapter.modules,
-                                               bases, examples=examples, batch_size=batch_size)  # fmt: skip
+            progress(task.name)
+        grams[task.name] = input_grams(model, tokenizer, task, adapter.modules, bases, examples=examples,
+                                       batch_size=batch_size)  # fmt: skip
     return InputStatistics(bases, grams)
 
 
@@ -51,10 +47,7 @@ def input_grams(
 ) -> dict[str, torch.Tensor]:
     """Per module of `bases` (d_in×R), the R×R mean of (xQ)ᵀ(xQ) over every non-padding token of the
     first `examples` train examples (prompt, answer and stop token, as evaluation scores them)."""
-    chosen = task.train[:examples]
-    if not chosen:
-        raise EvaluationError(f"task {task.name!r} has no train examples to calibrate on")
-    sequences = [encode_example(tokenizer, example)[0] for example in chosen]
+    sequences = [ids for ids, _ in calibration_examples(tokenizer, task, examples)]
     device = model.get_output_embeddings().weight.device
     sums = {name: torch.zeros(b.shape[1], b.shape[1], dtype=torch.float64) for name, b in bases.items()}
     projections = {name: b.to(device, torch.float32) for name, b in bases.items()}

@@ -5,7 +5,8 @@ up through the layers and only some of them change an answer. Here the loss is t
 scores: at every answer position of a task's calibration examples (train rows, never eval rows), the
 KL from the model with the task's original adapter to the model with the task's head of the merge.
 A' and every B' are trained jointly with Adam, every task contributing to each step (A' is shared);
-the base model's weights stay frozen and unchanged. The original's log-probabilities are computed once.
+the base model's weights stay frozen and unchanged. The originals' log-probabilities (`references`)
+are computed once per group and serve every setting distilled, as `input_statistics` serve `refine`.
 Adam moves every parameter by about the learning rate whatever the gradient's size, so a merge that is
 already close could get worse: the KL over all calibration examples is measured before and after, and
 the input is returned unchanged (params say so) unless the steps lowered it.
@@ -19,7 +20,14 @@ from contextlib import contextmanager
 import torch
 
 from hydraopt.adapter import Adapter
-from hydraopt.evaluation.function import EvaluationError, answer_logits, applied, encode_example
+from hydraopt.evaluation.function import (
+    EvaluationError,
+    answer_logits,
+    applied,
+    calibration_examples,
+    padding_id,
+    task_of_each,
+)
 from hydraopt.evaluation.suite import TaskSet
 from hydraopt.factors import SharedLowRank
 from hydraopt.merge import MergeResult
@@ -36,14 +44,41 @@ class Calibration:
     reference: list[torch.Tensor]
 
 
-def distill(
-    result: MergeResult,
+@dataclasses.dataclass(frozen=True)
+class References:
+    """Per task, its `Calibration` on (at most) its first `examples` train examples."""
+
+    examples: int
+    tasks: dict[str, Calibration]
+
+
+def references(
     model: torch.nn.Module,
     tokenizer,
     tasks: Sequence[TaskSet],
     adapters: Sequence[Adapter],
     *,
     examples: int = 64,
+    batch_size: int = 16,
+    progress: Callable[[str], None] | None = None,
+) -> References:
+    """The `Calibration` of every adapter's task (matched by name)."""
+    if examples < 1:
+        raise ValueError(f"examples must be positive; got {examples}")
+    calibrations = {}
+    for adapter, task in zip(adapters, task_of_each(tasks, adapters), strict=True):
+        if progress:
+            progress(task.name)
+        calibrations[task.name] = calibrate(model, tokenizer, task, adapter.modules, examples, batch_size)
+    return References(examples, calibrations)
+
+
+def distill(
+    result: MergeResult,
+    model: torch.nn.Module,
+    tokenizer,
+    reference: References,
+    *,
     steps: int = 16,
     batch_size: int = 16,
     learning_rate: float = 3e-5,
@@ -51,24 +86,21 @@ def distill(
     progress: Callable[[int, int, float], None] | None = None,
 ) -> MergeResult:
     """`result` with A' and B' trained for `steps` Adam steps on the mean per-task KL(original ‖ merged)
-    over the answer positions of each merged task's first `examples` train examples."""
+    over the answer positions of each merged task's calibration examples (`reference` may cover more
+    tasks than the merge)."""
     if result.method != "hydraopt":
         raise ValueError(f"only hydraopt results can be distilled, not {result.method!r}")
-    if steps < 1 or examples < 1 or batch_size < 1:
-        raise ValueError(
-            f"steps, examples and batch_size must be positive; got {steps}, {examples}, {batch_size}"
-        )
-    by_task, by_adapter = {t.name: t for t in tasks}, {a.task_name: a for a in adapters}
-    missing = sorted(t for t in result.tasks if t not in by_task or t not in by_adapter)
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be positive; got {steps}, {batch_size}")
+    missing = sorted(t for t in result.tasks if t not in reference.tasks)
     if missing:
-        raise EvaluationError(f"distill needs every merged task's adapter and examples; missing {missing}")
-    calibrations = [calibrate(model, tokenizer, by_task[t], by_adapter[t].modules, examples, batch_size)
-                    for t in result.tasks]  # fmt: skip
+        raise EvaluationError(f"distill needs every merged task's references; missing {missing}")
+    calibrations = [reference.tasks[t] for t in result.tasks]
     device = model.get_output_embeddings().weight.device
     shared = {n: trainable(m.A, device) for n, m in result.modules.items()}
     heads = {n: trainable(m.B, device) for n, m in result.modules.items()}
     optimizer = torch.optim.Adam([*shared.values(), *heads.values()], lr=learning_rate)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = padding_id(tokenizer)
     rng = random.Random(seed)
     orders = {c.task: cycle(len(c.sequences), rng) for c in calibrations}
     with frozen(model), low_rank_updates(model, shared, heads) as select_head:
@@ -87,8 +119,9 @@ def distill(
             if progress:
                 progress(step + 1, steps, total)
         after = calibration_kl(model, calibrations, result.assignment, select_head, batch_size, pad_id)
-    record = {"examples": examples, "steps": steps, "batch_size": batch_size, "learning_rate": learning_rate,
-              "kl_before": before, "kl_after": after, "kept": after < before}  # fmt: skip
+    record = {"examples": reference.examples, "steps": steps, "batch_size": batch_size,
+              "learning_rate": learning_rate, "kl_before": before, "kl_after": after,
+              "kept": after < before}  # fmt: skip
     if after >= before:
         return dataclasses.replace(result, params={**result.params, "distill": record})
     modules = {
@@ -103,12 +136,9 @@ def calibrate(
     model, tokenizer, task: TaskSet, deltas: Mapping, examples: int, batch_size: int
 ) -> Calibration:
     """`task`'s first `examples` train examples and the original adapter's answer log-probabilities."""
-    chosen = task.train[:examples]
-    if not chosen:
-        raise EvaluationError(f"task {task.name!r} has no train examples to distill on")
-    encoded = [encode_example(tokenizer, example) for example in chosen]
+    encoded = calibration_examples(tokenizer, task, examples)
     sequences, lengths = [ids for ids, _ in encoded], [n for _, n in encoded]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = padding_id(tokenizer)
     reference: list[torch.Tensor] = []
     with applied(model, deltas):
         for start in range(0, len(sequences), batch_size):

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from hydraopt.adapter import Adapter
 from hydraopt.errors import HydraoptError
 from hydraopt.evaluation.suite import Example, TaskSet
 from hydraopt.factors import LoraDelta
@@ -78,6 +79,28 @@ def encode_example(tokenizer, example: Example) -> tuple[list[int], int]:
     return prompt + answer, len(answer)
 
 
+def calibration_examples(tokenizer, task: TaskSet, examples: int) -> list[tuple[list[int], int]]:
+    """`encode_example` of `task`'s first `examples` train examples (its calibration rows)."""
+    chosen = task.train[:examples]
+    if not chosen:
+        raise EvaluationError(f"task {task.name!r} has no train examples to calibrate on")
+    return [encode_example(tokenizer, example) for example in chosen]
+
+
+def task_of_each(tasks: Sequence[TaskSet], adapters: Sequence[Adapter]) -> list[TaskSet]:
+    """The task (matched by name) whose calibration rows serve each adapter, in the adapters' order."""
+    by_name = {t.name: t for t in tasks}
+    missing = sorted(a.task_name for a in adapters if a.task_name not in by_name)
+    if missing:
+        raise EvaluationError(f"no calibration examples for task(s) {missing}")
+    return [by_name[a.task_name] for a in adapters]
+
+
+def padding_id(tokenizer) -> int:
+    """The pad token, or the end-of-sequence token where the tokenizer has none."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def encode_task(tokenizer, task: TaskSet, split: str = "eval") -> EncodedTask:
     examples: Sequence[Example] = task.eval if split == "eval" else task.train
     if not examples:
@@ -128,7 +151,7 @@ def answer_logits(model, sequences: Sequence[list[int]], answer_lengths: Sequenc
 @torch.no_grad()
 def run_task(model, tokenizer, encoded: EncodedTask, batch_size: int = 32) -> TaskOutputs:
     """Teacher-forced log-probabilities at the answer positions, examples in their original order."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = padding_id(tokenizer)
     per_example: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for indices in batches(encoded, batch_size):
         lengths = [encoded.answer_lengths[i] for i in indices]
