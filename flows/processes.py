@@ -1,7 +1,17 @@
-"""Child server processes: wait until one answers over HTTP, stop one for good."""
+"""Child processes: their environment, wait until one answers over HTTP, stop one for good."""
 
+import os
 import subprocess
 import time
+from pathlib import Path
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """This environment, plus the repository on PYTHONPATH, plus `extra`."""
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, **extra)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH", "")]))
+    return env
 
 
 def wait_until_answering(

@@ -38,7 +38,7 @@ from flows.bench.consistency import (
     check_answers,
     record_commit_times,
 )
-from flows.processes import stop_process, wait_until_answering
+from flows.processes import child_env, stop_process, wait_until_answering
 from registry.errors import NotFoundError
 
 MIX = {"current": 0.6, "bundle": 0.25, "adapters": 0.15}
@@ -275,14 +275,6 @@ def client_main(argv: list[str]) -> int:
     spec, out = argv
     Path(out).write_text(json.dumps(asdict(send_mixed(**json.loads(spec)))))
     return 0
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    """This environment, plus the repository on PYTHONPATH, plus `extra`."""
-    root = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, **extra)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH", "")]))
-    return env
 
 
 def report_of(sent: Sent, config: dict, consistency: Consistency) -> LoadReport:

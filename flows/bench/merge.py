@@ -11,7 +11,6 @@ source adapters.
 
 import argparse
 import json
-import os
 import resource
 import shutil
 import subprocess
@@ -21,6 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+
+from flows.processes import child_env
 
 BASE_MODEL = "synthetic/llama-3.2-1b-attention"
 SEED = 1000
@@ -259,9 +260,7 @@ def run_one(spec: str, config: BenchConfig) -> dict:
 
 def run_child(spec: str, config: BenchConfig) -> dict:
     """Run one method in a fresh interpreter and read back its JSON record."""
-    root = Path(__file__).resolve().parents[2]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH", "")]))
+    env = child_env()
     config_json = json.dumps(asdict(config))
     command = [sys.executable, "-m", "flows.bench.merge", "--one", spec, "--config", config_json]
     start = time.perf_counter()

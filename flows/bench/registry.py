@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from flows.bench.load import Call, free_port, latency_stats, send_paced
-from flows.processes import stop_process, wait_until_answering
+from flows.processes import child_env, stop_process, wait_until_answering
 
 SEED = 1234
 BASE_MODEL = "meta-llama/Llama-3.2-1B"
@@ -216,9 +216,7 @@ def time_calls(call, names: list[str]) -> list[float]:
 
 
 def start_server(db_url: str, port: int, probe_task: str, timeout_s: float = 60.0) -> subprocess.Popen:
-    root = Path(__file__).resolve().parents[2]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH", "")]))
+    env = child_env()
     command = [sys.executable, "-m", "flows.bench.registry", "--serve", db_url, "--port", str(port)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}/v1/tasks/{probe_task}/bundle"
