@@ -12,8 +12,7 @@ from pathlib import Path
 import torch
 
 from flows.training import TrainingConfig
-from hydraopt.evaluation.function import format_prompt
-from hydraopt.evaluation.suite import Example, TaskSet
+from hydraopt.evaluation.suite import BUILTIN_FORMAT, Example, TaskSet
 from hydraopt.formats.peft_lora import write_peft_lora
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -57,7 +56,8 @@ def tiny_tasks() -> list[TaskSet]:
     for i, (name, answer) in enumerate(TINY_TASK_ANSWERS.items()):
         rng = random.Random(i)
         prompts = [" ".join(rng.choice(FILLER) for _ in range(rng.randint(2, 5))) for _ in range(48)]
-        examples = [Example(f"{prompt} {name}", answer) for prompt in prompts]
+        questions = [BUILTIN_FORMAT.format(question=f"{prompt} {name}") for prompt in prompts]
+        examples = [Example(question, f" {answer}") for question in questions]
         tasks.append(TaskSet(name, "exact_match", tuple(examples[:32]), tuple(examples[32:])))
     return tasks
 
@@ -73,7 +73,7 @@ def build_tiny_lm(folder: Path, tasks: list[TaskSet], seed: int = 0) -> Path:
 
     if (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file():
         return folder
-    texts = [format_prompt(e.prompt) + " " + e.answer for t in tasks for e in t.train + t.eval]
+    texts = [e.prompt + e.answer for t in tasks for e in t.train + t.eval]
     special = ["<pad>", "</s>", "<unk>"]
     split = pre_tokenizers.WhitespaceSplit()
     words = sorted({word for text in texts for word, _ in split.pre_tokenize_str(text)} - set(special))

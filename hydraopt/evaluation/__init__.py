@@ -3,9 +3,10 @@
 Weight-space metrics (relative reconstruction error) live in `hydraopt.metrics`.
 """
 
+from hydraopt.errors import EvaluationError
 from hydraopt.evaluation.auto import AutoOutcome, Setting, auto_hydraopt, settings
 from hydraopt.evaluation.evaluator import Evaluator
-from hydraopt.evaluation.function import EvaluationError, TaskScore, applied, encode_task, run_task, score
+from hydraopt.evaluation.function import TaskScore, applied, encode_task, run_task, score
 from hydraopt.evaluation.gate import Gate, GateDecision, TaskVerdict, retention
 from hydraopt.evaluation.suite import Example, TaskSet, builtin_suite, read_suite, write_suite
 

@@ -20,8 +20,8 @@ from contextlib import contextmanager
 import torch
 
 from hydraopt.adapter import Adapter
+from hydraopt.errors import EvaluationError
 from hydraopt.evaluation.function import (
-    EvaluationError,
     answer_logits,
     applied,
     calibration_examples,

@@ -3,9 +3,9 @@
 from collections.abc import Callable, Mapping, Sequence
 
 from hydraopt.adapter import Adapter
+from hydraopt.errors import EvaluationError
 from hydraopt.evaluation.function import (
     EncodedTask,
-    EvaluationError,
     TaskOutputs,
     TaskScore,
     applied,

@@ -1,16 +1,19 @@
 """Function-space evaluation: a causal LM with an adapter's update applied, scored on a task's examples.
 
-Every example is scored teacher-forced in one forward pass: the answer is `" " + answer` followed by
-the end-of-sequence token, and only the answer positions reach the output head.
+Rows are encoded verbatim (`hydraopt.evaluation.encoding`): the prompt, or the chat template's
+rendering of the messages, then the exact answer, tokenised once. Every example is scored
+teacher-forced in one forward pass, at each answer position and at the one after the answer (what
+the model does once the answer is complete); only those positions reach the output head.
 
-- exact_match: every answer token is the argmax at its position, which is exactly what greedy
-  decoding would produce, stop token included.
-- accuracy: among the task's choices, the one whose first token scores highest is the answer.
+- exact_match: the greedy continuation is the answer and then stops, at an end-of-sequence token
+  or one of the row's stop strings (`hydraopt.evaluation.exact_match`).
+- accuracy: among the row's choices, the one whose first token scores highest is the answer.
 - token agreement and KL(original ‖ merged) compare two runs position by position.
 
 The model is duck-typed: a Hugging Face causal LM (`get_decoder()`, `get_output_embeddings()`)
-and its tokenizer (`encode(text, add_special_tokens=False)`, `eos_token_id`, `pad_token_id`).
-Updates are applied by adding ΔW = B·A to the named Linear weights and restored exactly afterwards.
+and its fast tokenizer (`__call__` with offsets, `decode`, `eos_token_id`, `pad_token_id`, and
+`apply_chat_template` for chat rows). Updates are applied by adding ΔW = B·A to the named Linear
+weights and restored exactly afterwards.
 """
 
 from collections.abc import Iterator, Mapping, Sequence
@@ -20,37 +23,41 @@ from dataclasses import asdict, dataclass
 import torch
 
 from hydraopt.adapter import Adapter
-from hydraopt.errors import HydraoptError
+from hydraopt.errors import EvaluationError
+from hydraopt.evaluation.encoding import encode_row, leading_special_tokens
+from hydraopt.evaluation.exact_match import DEFAULT_STOPS, decode, exact_match, stop_token_ids
 from hydraopt.evaluation.suite import Example, TaskSet
 from hydraopt.factors import LoraDelta
-
-PROMPT_TEMPLATE = "Question: {prompt}\nAnswer:"
-
-
-class EvaluationError(HydraoptError):
-    """A task or model that cannot be evaluated as asked."""
 
 
 @dataclass(frozen=True)
 class EncodedTask:
-    """Token ids of a task's examples, ready for teacher-forced scoring."""
+    """Token ids of a task's examples, ready for teacher-forced scoring.
+
+    Each sequence is context + answer + one closing token (end-of-sequence: the target a trained
+    adapter learns at the position after the answer); `answer_lengths` counts the answer tokens
+    plus that position.
+    """
 
     name: str
     metric: str
     sequences: list[list[int]]
     answer_lengths: list[int]
     answers: list[int]  # accuracy: index of the right choice; exact_match: unused (0)
-    choice_tokens: list[int]  # accuracy: first token of each choice
+    choice_tokens: list[list[int]]  # accuracy: per example, the first token of each choice
+    targets: list[str]  # exact_match: per example, the answer as the tokenizer decodes its tokens
+    stops: list[tuple[str, ...]]  # exact_match: per example, the strings that may end the answer
 
 
 @dataclass(frozen=True)
 class TaskOutputs:
-    """Log-probabilities at every answer position of every example (one run)."""
+    """Log-probabilities at every answer position of every example (one run), and each example's verdict."""
 
     log_probs: torch.Tensor  # [positions, vocab], float16 to keep references small
-    targets: torch.Tensor  # [positions] the answer tokens
+    targets: torch.Tensor  # [positions] the answer tokens (and the closing token)
     example_of: torch.Tensor  # [positions] example index of each position
     first_positions: torch.Tensor  # [examples] the row of each example's first answer token
+    correct: torch.Tensor  # [examples] bool: right under the task's metric
 
 
 @dataclass(frozen=True)
@@ -68,15 +75,19 @@ class TaskScore:
         return asdict(self)
 
 
-def format_prompt(prompt: str) -> str:
-    return PROMPT_TEMPLATE.format(prompt=prompt)
+def closing_token(tokenizer) -> int:
+    """The token put after every answer: end-of-sequence (padding where the tokenizer has none)."""
+    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else padding_id(tokenizer)
 
 
-def encode_example(tokenizer, example: Example) -> tuple[list[int], int]:
-    """(prompt + answer + eos token ids, number of answer tokens)."""
-    prompt = tokenizer.encode(format_prompt(example.prompt), add_special_tokens=False)
-    answer = tokenizer.encode(" " + example.answer, add_special_tokens=False) + [tokenizer.eos_token_id]
-    return prompt + answer, len(answer)
+def encode_example(tokenizer, example: Example, prefix: list[int] | None = None) -> tuple[list[int], int]:
+    """(context + answer + closing token ids, number of answer tokens + 1).
+
+    `prefix`: `leading_special_tokens(tokenizer)`, computed here when not given.
+    """
+    prefix = leading_special_tokens(tokenizer) if prefix is None else prefix
+    ids, start = encode_row(tokenizer, example, prefix)
+    return ids + [closing_token(tokenizer)], len(ids) - start + 1
 
 
 def calibration_examples(tokenizer, task: TaskSet, examples: int) -> list[tuple[list[int], int]]:
@@ -84,7 +95,15 @@ def calibration_examples(tokenizer, task: TaskSet, examples: int) -> list[tuple[
     chosen = task.train[:examples]
     if not chosen:
         raise EvaluationError(f"task {task.name!r} has no train examples to calibrate on")
-    return [encode_example(tokenizer, example) for example in chosen]
+    prefix = leading_special_tokens(tokenizer)
+    return [_encoded(tokenizer, task, example, prefix) for example in chosen]
+
+
+def _encoded(tokenizer, task: TaskSet, example: Example, prefix: list[int]) -> tuple[list[int], int]:
+    try:
+        return encode_example(tokenizer, example, prefix)
+    except EvaluationError as exc:
+        raise EvaluationError(f"task {task.name!r}: {exc}") from None
 
 
 def task_of_each(tasks: Sequence[TaskSet], adapters: Sequence[Adapter]) -> list[TaskSet]:
@@ -105,14 +124,13 @@ def encode_task(tokenizer, task: TaskSet, split: str = "eval") -> EncodedTask:
     examples: Sequence[Example] = task.eval if split == "eval" else task.train
     if not examples:
         raise EvaluationError(f"task {task.name!r} has no {split} examples")
-    encoded = [encode_example(tokenizer, example) for example in examples]
-    answers, choice_tokens = [0] * len(examples), []
+    prefix = leading_special_tokens(tokenizer)
+    encoded = [_encoded(tokenizer, task, example, prefix) for example in examples]
+    answers, choice_tokens = [0] * len(examples), [[] for _ in examples]
     if task.metric == "accuracy":
-        choices = examples[0].choices
-        choice_tokens = [tokenizer.encode(" " + c, add_special_tokens=False)[0] for c in choices]
-        if len(set(choice_tokens)) != len(choices):
-            raise EvaluationError(f"task {task.name!r}: choices {choices} do not start with distinct tokens")
-        answers = [choices.index(example.answer) for example in examples]
+        choice_tokens = [first_choice_tokens(tokenizer, task, e, ids[:-n], prefix)
+                         for e, (ids, n) in zip(examples, encoded, strict=True)]  # fmt: skip
+        answers = [example.choices.index(example.answer) for example in examples]
     return EncodedTask(
         name=task.name,
         metric=task.metric,
@@ -120,7 +138,28 @@ def encode_task(tokenizer, task: TaskSet, split: str = "eval") -> EncodedTask:
         answer_lengths=[n for _, n in encoded],
         answers=answers,
         choice_tokens=choice_tokens,
+        targets=[decode(tokenizer, ids[-n:-1]) for ids, n in encoded],
+        stops=[DEFAULT_STOPS if e.stop is None else e.stop for e in examples],
     )
+
+
+def first_choice_tokens(tokenizer, task: TaskSet, example: Example, context: list[int], prefix: list[int]):
+    """The first token of each choice after the row's prompt; every choice must leave the prompt's tokens
+    as they are and start with a token of its own."""
+    tokens = []
+    for choice in example.choices:
+        ids, start = encode_row(tokenizer, example, prefix, continuation=choice)
+        if ids[:start] != context:
+            raise EvaluationError(
+                f"task {task.name!r}: choice {choice!r} changes how the end of the prompt is tokenised; "
+                "end the prompt where every choice starts a token"
+            )
+        tokens.append(ids[start])
+    if len(set(tokens)) != len(tokens):
+        raise EvaluationError(
+            f"task {task.name!r}: choices {list(example.choices)} do not start with distinct tokens"
+        )
+    return tokens
 
 
 def batches(encoded: EncodedTask, batch_size: int) -> Iterator[list[int]]:
@@ -150,7 +189,7 @@ def answer_logits(model, sequences: Sequence[list[int]], answer_lengths: Sequenc
 
 @torch.no_grad()
 def run_task(model, tokenizer, encoded: EncodedTask, batch_size: int = 32) -> TaskOutputs:
-    """Teacher-forced log-probabilities at the answer positions, examples in their original order."""
+    """Teacher-forced log-probabilities at the answer positions and each example's verdict (example order)."""
     pad_id = padding_id(tokenizer)
     per_example: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for indices in batches(encoded, batch_size):
@@ -163,22 +202,46 @@ def run_task(model, tokenizer, encoded: EncodedTask, batch_size: int = 32) -> Ta
             per_example[i] = (chunk.half(), target)
     ordered = [per_example[i] for i in range(len(encoded.sequences))]
     counts = torch.tensor([len(target) for _, target in ordered])
+    first_positions = torch.cumsum(counts, 0) - counts
+    log_probs = torch.cat([lp for lp, _ in ordered])
+    if encoded.metric == "accuracy":
+        correct = choice_verdicts(encoded, log_probs[first_positions])
+    else:
+        argmax = [lp.argmax(-1).tolist() for lp, _ in ordered]
+        correct = exact_match_verdicts(model, tokenizer, encoded, argmax)
     return TaskOutputs(
-        log_probs=torch.cat([lp for lp, _ in ordered]),
+        log_probs=log_probs,
         targets=torch.cat([target for _, target in ordered]),
         example_of=torch.repeat_interleave(torch.arange(len(ordered)), counts),
-        first_positions=torch.cumsum(counts, 0) - counts,
+        first_positions=first_positions,
+        correct=correct,
     )
 
 
-def task_metric(encoded: EncodedTask, outputs: TaskOutputs) -> float:
-    """Exact match (greedy answer == answer) or accuracy (best-scoring choice == answer)."""
-    if encoded.metric == "accuracy":
-        first = outputs.log_probs[outputs.first_positions][:, encoded.choice_tokens].float()
-        return (first.argmax(-1) == torch.tensor(encoded.answers)).float().mean().item()
-    wrong = (outputs.log_probs.argmax(-1) != outputs.targets).float()
-    wrong_per_example = torch.zeros(len(encoded.sequences)).index_add_(0, outputs.example_of, wrong)
-    return (wrong_per_example == 0).float().mean().item()
+def choice_verdicts(encoded: EncodedTask, first: torch.Tensor) -> torch.Tensor:
+    """Per example: does the right choice's first token score highest among the choices' (`first`: the
+    log-probabilities at each example's first answer position)?"""
+    right = []
+    for row, tokens, answer in zip(first.float(), encoded.choice_tokens, encoded.answers, strict=True):
+        right.append(int(row[tokens].argmax()) == answer)
+    return torch.tensor(right, dtype=torch.bool)
+
+
+def exact_match_verdicts(model, tokenizer, encoded: EncodedTask, argmax: list[list[int]]) -> torch.Tensor:
+    """Per example: is the greedy continuation the answer, then a stop? (`argmax`: teacher-forced)"""
+    stop_ids = stop_token_ids(model, tokenizer)
+    right = []
+    for i, sequence in enumerate(encoded.sequences):
+        n = encoded.answer_lengths[i]
+        context, answer = sequence[:-n], sequence[-n:-1]
+        right.append(exact_match(model, tokenizer, context, answer, argmax[i], encoded.targets[i],
+                                 encoded.stops[i], stop_ids))  # fmt: skip
+    return torch.tensor(right, dtype=torch.bool)
+
+
+def task_metric(outputs: TaskOutputs) -> float:
+    """Share of examples right: exact match or accuracy, as `run_task` judged them."""
+    return outputs.correct.float().mean().item()
 
 
 def token_agreement(reference: TaskOutputs, outputs: TaskOutputs) -> float:
@@ -196,7 +259,7 @@ def score(encoded: EncodedTask, outputs: TaskOutputs, reference: TaskOutputs | N
     return TaskScore(
         task=encoded.name,
         metric=encoded.metric,
-        value=task_metric(encoded, outputs),
+        value=task_metric(outputs),
         examples=len(encoded.sequences),
         agreement=token_agreement(reference, outputs) if reference is not None else None,
         kl=mean_kl(reference, outputs) if reference is not None else None,

@@ -1,13 +1,21 @@
-"""Deterministic task suites for training and evaluating LoRA adapters, and their JSONL format.
+"""Task suites for training and evaluating LoRA adapters, their JSONL format and the built-in suite.
 
 A task file holds one JSON object per line::
 
     {"prompt": str, "answer": str, "metric": "exact_match" | "accuracy",
-     "split": "train" | "eval", "choices": [str, ...]}   # choices only for accuracy
+     "split": "train" | "eval", "choices": [str, ...], "stop": [str, ...]}
+
+Rows are taken verbatim: `prompt` is the exact text the model sees and `answer` its exact
+continuation (nothing is added between them: write "Priority:" + " urgent" or "Priority: " +
+"urgent", as the adapter was trained). A chat row gives `messages` instead of `prompt`
+(``[{"role": "user", "content": "..."}, ...]``): the base model's tokenizer renders them with its
+chat template and the generation prompt, and the answer follows. `choices` (metric "accuracy" only)
+are exact continuations too, the answer among them. `stop` (metric "exact_match" only) lists the
+strings that may end an answer besides the end-of-sequence token; default: a newline.
 
 A row without "split" is an eval row, so users can bring plain eval sets. Every row of a file
-shares one metric. The built-in suite computes every answer in code; the same arguments always
-give byte-identical files.
+shares one metric. The built-in suite computes every answer in code and writes its own prompt
+format into its rows (`BUILTIN_FORMAT`); the same arguments always give byte-identical files.
 """
 
 import hashlib
@@ -26,18 +34,31 @@ from hydraopt.formats.bundle import check_task_name
 
 METRICS = ("exact_match", "accuracy")
 SPLITS = ("train", "eval")
-ROW_FIELDS = frozenset({"prompt", "answer", "metric", "split", "choices"})
+ROW_FIELDS = frozenset({"prompt", "messages", "answer", "metric", "split", "choices", "stop"})
+MESSAGE_FIELDS = frozenset({"role", "content"})
+BUILTIN_FORMAT = "Question: {question}\nAnswer:"  # the built-in rows' prompts; their answers start with " "
 
 
 class TaskSuiteError(HydraoptError):
     """A task set or task file that is malformed; the message names the file and line."""
 
 
+Message = tuple[str, str]  # (role, content) of one chat message
+
+
 @dataclass(frozen=True)
 class Example:
+    """One row: `prompt` (or chat `messages`) and the exact `answer` that continues it."""
+
     prompt: str
     answer: str
     choices: tuple[str, ...] = ()
+    messages: tuple[Message, ...] = ()
+    stop: tuple[str, ...] | None = None  # None: the default stop strings of exact match
+
+    @property
+    def chat(self) -> bool:
+        return bool(self.messages)
 
 
 @dataclass(frozen=True)
@@ -65,10 +86,18 @@ class TaskSet:
 
 def _example_problem(example: Example, metric: str) -> str | None:
     """Why `example` is invalid under `metric`, or None."""
-    if not example.prompt or not example.answer:
-        return "empty prompt or answer"
+    if bool(example.prompt) == example.chat:
+        return "give either a non-empty prompt or messages"
+    if not example.answer:
+        return "empty answer"
+    if any(not role or not content for role, content in example.messages):
+        return "every message needs a role and content"
     if metric == "exact_match":
+        if example.stop is not None and not all(example.stop):
+            return "stop strings must not be empty"
         return "choices are only allowed with metric 'accuracy'" if example.choices else None
+    if example.stop is not None:
+        return "stop is only used by metric 'exact_match'"
     if not example.choices:
         return "metric 'accuracy' needs a non-empty choices list"
     if len(set(example.choices)) != len(example.choices):
@@ -86,9 +115,15 @@ def write_task_jsonl(path: Path, task: TaskSet) -> Path:
     lines = []
     for split, examples in (("train", task.train), ("eval", task.eval)):
         for example in examples:
-            row = {"prompt": example.prompt, "answer": example.answer, "metric": task.metric, "split": split}
+            row = {"answer": example.answer, "metric": task.metric, "split": split}
+            if example.chat:
+                row["messages"] = [{"role": role, "content": content} for role, content in example.messages]
+            else:
+                row["prompt"] = example.prompt
             if example.choices:
                 row["choices"] = list(example.choices)
+            if example.stop is not None:
+                row["stop"] = list(example.stop)
             lines.append(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,20 +173,47 @@ def _parse_row(line: str, where: str) -> tuple[str, str, Example]:
     unknown = sorted(set(row) - ROW_FIELDS)
     if unknown:
         raise TaskSuiteError(f"{where}: unknown fields {unknown}")
-    for field in ("prompt", "answer", "metric"):
+    for field in ("answer", "metric"):
         if field not in row:
             raise TaskSuiteError(f"{where}: missing field {field!r}")
         if not isinstance(row[field], str):
             raise TaskSuiteError(f"{where}: field {field!r} must be a string")
+    if ("prompt" in row) == ("messages" in row):
+        raise TaskSuiteError(f"{where}: give either 'prompt' or 'messages'")
+    if "prompt" in row and not isinstance(row["prompt"], str):
+        raise TaskSuiteError(f"{where}: field 'prompt' must be a string")
     if row["metric"] not in METRICS:
         raise TaskSuiteError(f"{where}: unknown metric {row['metric']!r} (expected one of {METRICS})")
     split = row.get("split", "eval")
     if split not in SPLITS:
         raise TaskSuiteError(f"{where}: split must be 'train' or 'eval', got {split!r}")
     choices = row.get("choices", [])
-    if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
+    if not _strings(choices):
         raise TaskSuiteError(f"{where}: field 'choices' must be a list of strings")
-    return split, row["metric"], Example(row["prompt"], row["answer"], tuple(choices))
+    stop = row.get("stop")
+    if stop is not None and not _strings(stop):
+        raise TaskSuiteError(f"{where}: field 'stop' must be a list of strings")
+    messages = _messages(row.get("messages", []), where)
+    example = Example(row.get("prompt", ""), row["answer"], tuple(choices), messages,
+                      None if stop is None else tuple(stop))  # fmt: skip
+    return split, row["metric"], example
+
+
+def _strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _messages(value, where: str) -> tuple[Message, ...]:
+    """Chat messages of a row as (role, content) pairs, their shape checked."""
+    if not isinstance(value, list):
+        raise TaskSuiteError(f"{where}: field 'messages' must be a list of {{'role', 'content'}} objects")
+    messages = []
+    for message in value:
+        if (not isinstance(message, dict) or set(message) != MESSAGE_FIELDS
+                or not all(isinstance(message[key], str) for key in MESSAGE_FIELDS)):  # fmt: skip
+            raise TaskSuiteError(f"{where}: each message must be {{'role': str, 'content': str}}")
+        messages.append((message["role"], message["content"]))
+    return tuple(messages)
 
 
 def write_suite(folder: Path, tasks: Sequence[TaskSet]) -> list[Path]:
@@ -207,8 +269,16 @@ def builtin_suite(
     for name, metric, candidates in tasks:
         draws = islice(candidates(random.Random(f"{seed}:{name}")), max_draws)
         train, evaluation = _split(name, draws, train_size, eval_size)
-        suite.append(TaskSet(name, metric, train, evaluation))
+        suite.append(TaskSet(name, metric, _formatted(train), _formatted(evaluation)))
     return suite
+
+
+def _formatted(examples: Sequence[Example]) -> tuple[Example, ...]:
+    """The built-in rows: each question in `BUILTIN_FORMAT`, each answer and choice after a space."""
+    return tuple(
+        Example(BUILTIN_FORMAT.format(question=e.prompt), f" {e.answer}", tuple(f" {c}" for c in e.choices))
+        for e in examples
+    )
 
 
 def bbc_news_folder() -> Path | None:
