@@ -389,9 +389,9 @@ def run_bench(args: argparse.Namespace) -> int:
             "ranks": args.ranks,
             "baselines": "hydraopt.methods (dense-update merges, as peft.utils.merge_utils), result rank = "
             "source rank; task_arithmetic/dare_linear weights 1/N, ties/dare_ties weights 1, density 0.5",
-            "scoring": "teacher-forced, one forward pass per example: exact_match = every answer token "
-            "(and the stop token) is the argmax, as greedy decoding; accuracy = best-scoring first token "
-            "among the choices",
+            "scoring": "rows verbatim (prompt + answer tokenised once); exact_match = the greedy "
+            "continuation is the answer then EOS or a stop string, read off one teacher-forced pass; "
+            "accuracy = best-scoring first token among the choices",
             "seconds": {"total": time.perf_counter() - total_start, "evaluation": evaluate_s},
         },
         "training": training,
