@@ -23,3 +23,7 @@ class IncompatibleAdaptersError(HydraoptError):
 
 class BundleError(HydraoptError):
     """A bundle folder that is missing, inconsistent, or would overwrite another bundle."""
+
+
+class HubUnavailableError(HydraoptError):
+    """A hub repo that cannot be had now: offline and not cached, unreachable, or no such repo or revision."""
