@@ -19,13 +19,13 @@ MAX_ALIAS = 1024
 
 def check_name(name: str) -> str:
     """`name` or `org/name` (letters, digits, . _ -), the way hub ids are spelled; no `--` or `..`."""
-    if not NAME.match(name) or "--" in name or ".." in name:
+    if not NAME.fullmatch(name) or "--" in name or ".." in name:
         raise InvalidRequestError(f"base model name {name!r}: use name or org/name (letters, digits, . _ -)")
     return name
 
 
 def check_revision(revision: str) -> str:
-    if not REVISION.match(revision) or ".." in revision or "//" in revision or revision.endswith("/"):
+    if not REVISION.fullmatch(revision) or ".." in revision or "//" in revision or revision.endswith("/"):
         raise InvalidRequestError(
             f"revision {revision!r}: expected a branch, tag or commit (letters, digits, ._-/)"
         )
@@ -37,7 +37,7 @@ def check_location(kind: str, location: str) -> str:
     if kind not in SOURCE_KINDS:
         raise InvalidRequestError(f"kind must be one of {', '.join(SOURCE_KINDS)}, not {kind!r}")
     _printable(location, "location")
-    if kind == "hub" and (not REPO.match(location) or "--" in location or ".." in location):
+    if kind == "hub" and (not REPO.fullmatch(location) or "--" in location or ".." in location):
         raise InvalidRequestError(f"hub repo {location!r}: expected org/name")
     if kind == "path" and not location.startswith("/"):
         raise InvalidRequestError(f"path {location!r}: expected an absolute folder path")

@@ -76,6 +76,8 @@ def test_registering_again_is_idempotent_and_a_different_source_or_alias_conflic
         ("ok", "hub", "org/../x", None, "expected org/name"),
         ("ok", "hub", "org/x", "../../refs", "revision"),
         ("ok", "hub", "org/x", "a//b", "revision"),
+        ("ok", "hub", "org/x", "main\n", "revision"),
+        ("ok\n", "hub", "org/x", None, "base model name"),
         ("ok", "path", "relative/dir", None, "absolute"),
         ("ok", "path", "/models/../etc", None, "'..'"),
         ("ok", "uri", "http://host/x", None, "s3://"),

@@ -26,7 +26,7 @@ FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 
 def is_repo_id(text: str) -> bool:
     """`org/name` as the hub spells repo ids (no `--` or `..`, no trailing `.git`)."""
-    return bool(REPO_ID.match(text)) and "--" not in text and ".." not in text and not text.endswith(".git")
+    return bool(REPO_ID.fullmatch(text)) and not ("--" in text or ".." in text or text.endswith(".git"))
 
 
 def check_repo_id(repo: str) -> str:
@@ -37,7 +37,7 @@ def check_repo_id(repo: str) -> str:
 
 def check_revision(revision: str) -> str:
     """A branch, tag or commit: letters, digits, . _ - /, no `..` or empty path segment."""
-    if not REVISION.match(revision) or ".." in revision or "//" in revision or revision.endswith("/"):
+    if not REVISION.fullmatch(revision) or ".." in revision or "//" in revision or revision.endswith("/"):
         raise HydraoptError(f"{revision!r} is not a valid hub revision")
     return revision
 
@@ -52,7 +52,7 @@ def parse_hub_uri(uri: str) -> tuple[str, str | None]:
 
 @dataclass(frozen=True)
 class HubAccess:
-    """Where and how to reach the hub; `cache_dir` None is huggingface_hub's own cache."""
+    """Where and how to reach the hub; `cache_dir` None is huggingface_hub's default cache."""
 
     cache_dir: Path | None = None
     endpoint: str = DEFAULT_ENDPOINT
@@ -61,9 +61,10 @@ class HubAccess:
 
     @classmethod
     def from_env(cls, cache_dir: Path | None = None, env: Mapping[str, str] = os.environ) -> "HubAccess":
-        """HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE as they are now (huggingface_hub reads them at import)."""
+        """HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE (and HF_HUB_CACHE for `cache_dir` None) as they are
+        now: huggingface_hub itself reads them once, at import."""
         return cls(
-            cache_dir=cache_dir,
+            cache_dir=cache_dir or (Path(env["HF_HUB_CACHE"]) if env.get("HF_HUB_CACHE") else None),
             endpoint=(env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/"),
             token=env.get("HF_TOKEN") or None,
             offline=env.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"},
@@ -111,7 +112,7 @@ def _snapshot(repo: str, revision: str | None, wanted: Callable[[str], bool], ac
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     cached = _cached_names(repo, revision, access)
-    if cached is not None and (access.offline or COMMIT.match(revision or "")):
+    if cached is not None and (access.offline or COMMIT.fullmatch(revision or "")):
         try:
             return _download(repo, revision, cached, wanted, access, local_only=True)
         except LocalEntryNotFoundError:
@@ -123,7 +124,7 @@ def _snapshot(repo: str, revision: str | None, wanted: Callable[[str], bool], ac
             f"{repo}@{revision or 'main'}: HF_HUB_OFFLINE is set and it is not in the cache {where}"
         )
     info = HfApi(endpoint=access.endpoint, token=access.token).model_info(repo, revision=revision)
-    if not COMMIT.match(info.sha or ""):
+    if not COMMIT.fullmatch(info.sha or ""):
         raise HydraoptError(f"{repo}: the hub answered {info.sha!r}, not a commit id")
     if revision != info.sha:
         _remember_ref(repo, revision, info.sha, access)
@@ -154,7 +155,7 @@ def _download(repo: str, revision: str | None, names: list[str], wanted: Callabl
             local_files_only=local_only,
         )
     )
-    if not COMMIT.match(folder.name):
+    if not COMMIT.fullmatch(folder.name):
         raise HydraoptError(f"{repo}: cached snapshot {folder} is not named by a commit id")
     return Snapshot(repo, folder.name, folder, tuple(chosen), skipped)
 
@@ -185,7 +186,7 @@ def _cached_names(repo: str, revision: str | None, access: HubAccess) -> list[st
 
 def is_plain_file_name(name: str) -> bool:
     """A top-level file name without separators, `..` or control characters, and no pickle."""
-    return bool(FILE_NAME.match(name)) and ".." not in name and not is_pickle(name)
+    return bool(FILE_NAME.fullmatch(name)) and ".." not in name and not is_pickle(name)
 
 
 def is_pickle(name: str) -> bool:
