@@ -1,17 +1,25 @@
-"""`sync-catalog`: register the new adapter folders of the bucket, quarantine the bad ones.
+"""`sync-catalog`: register the new adapter folders of the bucket, quarantine the bad ones, and keep
+the ones whose base model cannot be had yet pending until it can.
 
 Bucket layout: ``<prefix><name>/<version>/`` holding a PEFT LoRA (``adapter_config.json``,
 ``adapter_model.safetensors``) and optionally ``eval.jsonl`` (the task's eval set, in the
-`hydraopt.evaluation.suite` JSONL format). The adapter name is the task it serves.
+`hydraopt.evaluation.suite` JSONL format), or only a ``source.json``,
+``{"uri": "hf://org/repo[@revision]"}``, naming an adapter on the hub: it is downloaded pinned to
+its commit (config, safetensors weights, and the repo's own ``eval.jsonl`` if it has one) and
+registered with that ``hf://org/repo@<commit>`` URI. The adapter name is the task it serves.
 
 Each new folder is downloaded and checked: the safetensors header and every tensor, the config,
-the eval set, and the module shapes against the base model (its folder under
-HYDRACAT_MODELS_DIR). Valid folders are registered; invalid ones are registered as quarantined
-with the reason, so they are reported once and never merged. A folder whose base model is not
-installed yet is left pending (not registered) and picked up by a later run.
+the eval set, and the module shapes against its base model, resolved as `flows.model_sources`
+says (a registered base model or alias, an installed folder, a hub id). Valid folders are
+registered under the canonical base model; invalid ones are registered as quarantined with the
+reason, so they are reported once and never merged. A folder whose base model (or hub repo) cannot
+be had now is registered as pending with the reason, and looked at again by every run: each base
+model that pending folders wait for is resolved once, and a folder is downloaded again only when
+its base model resolves.
 """
 
 import hashlib
+import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,16 +27,23 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from flows.resources import base_model_folder, open_registry, transient_error
-from hydraopt.errors import HydraoptError
+from flows.model_sources import BaseModelFolder, BaseModelUnavailable, hub_adapter, resolve_base_model
+from flows.resources import open_registry, transient_error
+from hydraopt.adapter import Adapter
+from hydraopt.errors import HubUnavailableError, HydraoptError
 from hydraopt.evaluation.suite import read_task_jsonl
 from hydraopt.formats.bundle import check_task_name
+from hydraopt.formats.hub import parse_hub_uri
 from hydraopt.formats.peft_lora import load_adapter
+from registry.api import Registry
 from registry.store import ObjectStore
 from registry.store.base import InvalidKeyError, validate_key
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 EVAL_FILE = "eval.jsonl"
+SOURCE_FILE = "source.json"
+MAX_SOURCE_BYTES = 4096
+UNKNOWN = "unknown"  # the base model of a folder that could not be read
 RETRIES = dict(retries=3, retry_delay_seconds=[1, 4, 16], retry_condition_fn=transient_error)
 
 
@@ -43,7 +58,7 @@ class AdapterFolder:
 
 
 class Pending(Exception):
-    """The folder cannot be judged yet (its base model is not installed)."""
+    """The folder cannot be judged yet: its hub repo cannot be had now."""
 
 
 def find_adapter_folders(keys: list[str], prefix: str) -> tuple[list[AdapterFolder], list[str]]:
@@ -79,7 +94,7 @@ def download_folder(store: ObjectStore, folder: AdapterFolder, into: Path) -> Pa
     local = into / folder.name
     local.mkdir(parents=True, exist_ok=True)
     for file in folder.files:
-        if file in (*ADAPTER_FILES, EVAL_FILE):
+        if file in (*ADAPTER_FILES, EVAL_FILE, SOURCE_FILE):
             store.download(f"{folder.key}/{file}", local / file)
     return local
 
@@ -104,41 +119,97 @@ def base_model_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def inspect_folder(folder: AdapterFolder, local: Path) -> dict:
-    """Registration fields of a valid adapter folder; raises HydraoptError with the reason if not."""
+def read_source(local: Path) -> str:
+    """The `hf://org/repo[@revision]` URI of a folder's source.json."""
+    data = (local / SOURCE_FILE).read_bytes()
+    try:
+        source = json.loads(data) if len(data) <= MAX_SOURCE_BYTES else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        source = None
+    if not isinstance(source, dict) or set(source) != {"uri"} or not isinstance(source["uri"], str):
+        raise HydraoptError(f'{SOURCE_FILE}: expected {{"uri": "hf://org/repo[@revision]"}}')
+    parse_hub_uri(source["uri"])
+    return source["uri"]
+
+
+def read_folder(folder: AdapterFolder, local: Path) -> tuple[Adapter, str | None]:
+    """The folder's adapter, and its `hf://...@<commit>` URI when source.json names a hub repo.
+
+    Raises HydraoptError with the reason when the folder is bad, Pending when its hub repo cannot
+    be had now.
+    """
     check_task_name(folder.name)  # the adapter name is its task's name, a folder name in bundles
-    missing = [file for file in ADAPTER_FILES if file not in folder.files]
     pickles = [file for file in folder.files if file.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))]
     if pickles:
         raise HydraoptError(f"pickle files are never loaded: {', '.join(pickles)}")
-    if missing:
-        raise HydraoptError(f"missing {', '.join(missing)}")
+    hub_uri = None
+    if SOURCE_FILE in folder.files:
+        beside = [file for file in (*ADAPTER_FILES, EVAL_FILE) if file in folder.files]
+        if beside:
+            raise HydraoptError(
+                f"{SOURCE_FILE} names a hub adapter, {', '.join(beside)} beside it would not be used"
+                f" (a hub adapter's eval set is the repo's own {EVAL_FILE})"
+            )
+        try:
+            found = hub_adapter(read_source(local), (EVAL_FILE,))
+        except HubUnavailableError as exc:
+            raise Pending(f"adapter repo {exc}") from exc
+        local, hub_uri = found.folder, found.uri
+    else:
+        missing = [file for file in ADAPTER_FILES if file not in folder.files]
+        if missing:
+            raise HydraoptError(f"missing {', '.join(missing)}")
     adapter = load_adapter(local, task=folder.name)
     if adapter.unsupported:
         raise HydraoptError(f"unsupported LoRA features: {', '.join(adapter.unsupported)}")
-    base = base_model_folder(adapter.base_model)
-    if base is None:
-        raise Pending(f"base model {adapter.base_model!r} is not installed under HYDRACAT_MODELS_DIR")
-    shapes = base_model_shapes(base)
+    if (local / EVAL_FILE).is_file():
+        read_task_jsonl(local / EVAL_FILE, name=folder.name)
+    return adapter, hub_uri
+
+
+def check_shapes(adapter: Adapter, base: BaseModelFolder) -> None:
+    """Every module of the adapter exists in the base model with the update's shape."""
+    shapes = base_model_shapes(base.folder)
     for module, delta in sorted(adapter.modules.items()):
         weight = shapes.get(f"{module}.weight")
         if weight is None:
-            raise HydraoptError(f"module {module!r} does not exist in base model {adapter.base_model!r}")
+            raise HydraoptError(f"module {module!r} does not exist in base model {base.name!r}")
         if weight != delta.shape:
             raise HydraoptError(
                 f"module {module!r}: update {delta.shape} does not match base weight {weight}"
             )
-    if EVAL_FILE in folder.files:
-        read_task_jsonl(local / EVAL_FILE, name=folder.name)
+
+
+def judge(registry: Registry, folder: AdapterFolder, local: Path) -> dict:
+    """Registration fields of a downloaded folder: active, quarantined or pending with the reason."""
+    uri = registry.store.uri_for(folder.key)
+    try:
+        adapter, hub_uri = read_folder(folder, local)
+    except Pending as exc:
+        return {"sha256": files_digest(local), "uri": uri, "base_model": UNKNOWN, "pending_reason": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - any failure to read the downloaded files is bad input
+        message = str(exc) if isinstance(exc, HydraoptError) else f"{type(exc).__name__}: {exc}"
+        reason = message.replace(str(local), folder.key)
+        return {"sha256": files_digest(local), "uri": uri, "base_model": UNKNOWN, "quarantine_reason": reason}
     config = adapter.config
-    return {
+    fields = {
         "sha256": adapter.sha256,
-        "base_model": adapter.base_model,
-        "base_revision": adapter.revision,
+        "uri": hub_uri or uri,
         "rank": adapter.max_rank,
         "alpha": float(config.get("lora_alpha", adapter.max_rank)),
         "targets": sorted(config.get("target_modules") or []),
     }
+    try:
+        base = resolve_base_model(registry, adapter.base_model, adapter.revision)
+    except BaseModelUnavailable as exc:
+        named = {"base_model": adapter.base_model, "base_revision": adapter.revision}
+        return fields | named | {"pending_reason": str(exc)}
+    fields |= {"base_model": base.name, "base_revision": base.revision}
+    try:
+        check_shapes(adapter, base)
+    except HydraoptError as exc:
+        fields["quarantine_reason"] = str(exc)
+    return fields
 
 
 @task(**RETRIES)
@@ -148,40 +219,71 @@ def list_bucket(prefix: str) -> list[str]:
 
 @task(**RETRIES, task_run_name="check {folder.name}/{folder.version}")
 def check_and_register(folder: AdapterFolder) -> dict:
-    """Download, inspect and register one folder: status active, quarantined or pending.
+    """Download, judge and register one folder: status active, quarantined or pending.
 
     Only what was downloaded is judged: a store error or timeout fails the task (retried if
     transient) before anything is registered, and never quarantines the folder.
     """
     registry = open_registry()
-    uri = registry.store.uri_for(folder.key)
     with tempfile.TemporaryDirectory(prefix="hydracat-sync-") as tmp:
-        local = download_folder(registry.store, folder, Path(tmp))
-        try:
-            fields = inspect_folder(folder, local)
-            reason = None
-        except Pending as exc:
-            return {"name": folder.name, "version": folder.version, "status": "pending", "reason": str(exc)}
-        except Exception as exc:  # noqa: BLE001 - any failure to read the downloaded files is bad input
-            message = str(exc) if isinstance(exc, HydraoptError) else f"{type(exc).__name__}: {exc}"
-            reason = message.replace(str(local), folder.key)
-            fields = {"sha256": files_digest(local), "base_model": "unknown"}
-    row = registry.register_adapter_version(
-        folder.name, folder.version, uri=uri, quarantine_reason=reason, **fields
-    )
-    return {"name": folder.name, "version": folder.version, "status": row["status"], "reason": reason or ""}
+        fields = judge(registry, folder, download_folder(registry.store, folder, Path(tmp)))
+    row = registry.register_adapter_version(folder.name, folder.version, **fields)
+    return result_of(row)
+
+
+@task(**RETRIES, task_run_name="resolve {name}")
+def waiting_base_model(name: str, revision: str | None) -> str | None:
+    """None if base model `name` resolves now (fetching it into the models cache), else why not."""
+    try:
+        resolve_base_model(open_registry(), name, revision)
+    except BaseModelUnavailable as exc:
+        return str(exc)
+    return None
+
+
+def base_of(row: dict) -> tuple[str, str | None]:
+    return row["base_model"]["name"], row["base_model"]["revision"]
+
+
+def result_of(row: dict) -> dict:
+    reason = row["quarantine_reason"] or row["pending_reason"] or ""
+    return {"name": row["name"], "version": row["version"], "status": row["status"], "reason": reason}
+
+
+def keep_pending(registry: Registry, row: dict, reason: str) -> dict:
+    """A pending version still waiting for its base model, its reason brought up to date."""
+    if row["pending_reason"] != reason:
+        base, revision = base_of(row)
+        fields = {key: row[key] for key in ("sha256", "uri", "adapter_type", "rank", "alpha", "targets")}
+        row = registry.register_adapter_version(
+            row["name"],
+            row["version"],
+            base_model=base,
+            base_revision=revision,
+            pending_reason=reason,
+            **fields,
+        )
+    return result_of(row)
 
 
 @flow(name="sync-catalog")
 def sync_catalog(prefix: str = "adapters/") -> dict:
-    """Register the bucket's new adapter folders under `prefix`; quarantine invalid ones."""
+    """Register the bucket's new adapter folders under `prefix`, quarantine invalid ones, and
+    register the pending ones whose base model resolves now."""
     logger = get_run_logger()
     registry = open_registry()
-    known = {(a["name"], a["version"]) for a in registry.list_adapters()}
+    rows = {(a["name"], a["version"]): a for a in registry.list_adapters()}
     folders, refused = find_adapter_folders(list_bucket(prefix), prefix)
-    new = [folder for folder in folders if (folder.name, folder.version) not in known]
-    logger.info("%d adapter folders under %r, %d new", len(folders), prefix, len(new))
-    results = [check_and_register(folder) for folder in new]
+    todo = [f for f in folders if rows.get((f.name, f.version), {"status": "pending"})["status"] == "pending"]
+    waiting = {key: rows[key] for f in todo if (key := (f.name, f.version)) in rows}
+    bases = sorted({base_of(row) for row in waiting.values() if base_of(row)[0] != UNKNOWN}, key=str)
+    unavailable = {base: waiting_base_model(*base) for base in bases}  # each resolved once per run
+    logger.info("%d adapter folders under %r, %d new or pending", len(folders), prefix, len(todo))
+    results = []
+    for folder in todo:
+        row = waiting.get((folder.name, folder.version))
+        reason = unavailable.get(base_of(row)) if row else None
+        results.append(keep_pending(registry, row, reason) if reason else check_and_register(folder))
     results += [{"name": "-", "version": "-", "status": "refused key", "reason": why} for why in refused]
     for result in results:
         if result["status"] != "active":
@@ -194,13 +296,14 @@ def sync_catalog(prefix: str = "adapters/") -> dict:
         description=f"sync-catalog of {prefix!r}",
     )
     summary = {
-        status: sorted(f"{r['name']}/{r['version']}" for r in results if r["status"] == status)
+        status: {f"{r['name']}/{r['version']}": r["reason"] for r in results if r["status"] == status}
         for status in ("active", "quarantined", "pending")
     }
     return {
-        "registered": summary["active"],
-        "quarantined": summary["quarantined"],
-        "pending": summary["pending"],
+        "registered": sorted(summary["active"]),
+        "quarantined": sorted(summary["quarantined"]),
+        "pending": sorted(summary["pending"]),
+        "pending_reasons": summary["pending"],
         "refused_keys": refused,
-        "known": len(folders) - len(new),
+        "known": len(folders) - len(todo),
     }

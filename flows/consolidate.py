@@ -1,16 +1,18 @@
 """`consolidate`: merge each group of compatible adapters, evaluate, publish behind the gate.
 
 1. Plan: the newest active version of every registered adapter, downloaded once (cached by
-   sha256 under HYDRACAT_WORK_DIR) and grouped by compatibility key (base model, revision,
-   adapter type, module shapes).
+   sha256 under HYDRACAT_WORK_DIR; from the object store, or the hub for an ``hf://`` URI) and
+   grouped by compatibility key: the canonical base model and revision the registry recorded at
+   registration (so a hub id and a trainer path aliased to it group together), adapter type,
+   module shapes.
 2. One task per group, run concurrently; a lock per group in the registry database
    (`flows.locks`, dropped the moment its holder dies) keeps two runs from merging or publishing
    the same group at once. A group whose every task already serves a bundle of exactly these
    adapter versions, method and parameters is skipped.
 3. Merge (`hydraopt.merge_adapters`, or `auto`: the smallest HydraOpt setting that passes the
    gate, tasks that never pass are left on their original adapters), then evaluate each task:
-   on its eval set (``eval.jsonl`` beside the adapter) with the base model from
-   HYDRACAT_MODELS_DIR, or, without one, in weight space (1 − relative reconstruction error).
+   on its eval set (``eval.jsonl`` beside the adapter) with the base model's resolved folder
+   (`flows.model_sources`), or, without one, in weight space (1 − relative reconstruction error).
 4. Publish if the gate passes: bundle objects are uploaded first (manifest last), then one
    registry transaction records the bundle, its lineage and metrics and moves every member task's
    "current" alias. A crash in between leaves no visible change; a rerun completes it.
@@ -31,9 +33,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 from pydantic import Field
 
-from flows.catalog import EVAL_FILE, RETRIES
+from flows.catalog import ADAPTER_FILES, EVAL_FILE, RETRIES
 from flows.locks import group_lock
-from flows.resources import base_model_folder, open_registry
+from flows.model_sources import BaseModelUnavailable, hub_adapter, resolve_base_model
+from flows.resources import open_registry
 from flows.settings import FlowSettings, model_folder_name
 from hydraopt.adapter import Adapter
 from hydraopt.evaluation import Evaluator, Gate, TaskScore, auto_hydraopt
@@ -82,18 +85,23 @@ def newest_active(rows: list[dict], base_model: str | None) -> list[dict]:
 
 
 def fetch(registry: Registry, row: dict, cache: Path) -> Path:
-    """The adapter folder of a registry row, downloaded once per sha256."""
+    """The adapter folder of a registry row, downloaded once per sha256 (object store or hf://)."""
     folder = cache / row["sha256"]
     if folder.is_dir():
         return folder
     key = registry.store.key_for(row["uri"])
-    if key is None:
+    if key is None and not row["uri"].startswith("hf://"):
         raise ValueError(f"adapter {row['name']} {row['version']}: {row['uri']} is not in the object store")
     staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=cache))
     try:
-        for file in ("adapter_config.json", "adapter_model.safetensors", EVAL_FILE):
-            if file != EVAL_FILE or registry.store.exists(f"{key}/{file}"):
-                registry.store.download(f"{key}/{file}", staging / file)
+        if key is None:
+            found = hub_adapter(row["uri"], (EVAL_FILE,))  # the commit registered, from the hub cache
+            for file in found.files:
+                shutil.copyfile(found.folder / file, staging / file)
+        else:
+            for file in (*ADAPTER_FILES, EVAL_FILE):
+                if file != EVAL_FILE or registry.store.exists(f"{key}/{file}"):
+                    registry.store.download(f"{key}/{file}", staging / file)
         staging.rename(folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone after the rename; a failed fetch leaves nothing
@@ -101,10 +109,19 @@ def fetch(registry: Registry, row: dict, cache: Path) -> Path:
 
 
 def load_member(row: dict, folder: Path) -> Adapter:
+    """The adapter of a registry row, named after the base model the registry resolved it to.
+
+    Its compatibility key, the bundle's manifest and its task adapters' configs then carry the
+    canonical base model, whatever name the trainer's config gave it.
+    """
     adapter = load_adapter(folder, task=row["name"])
     if adapter.sha256 != row["sha256"]:
         raise ValueError(f"adapter {row['name']} {row['version']}: sha256 differs from the registry's")
     adapter.name, adapter.version, adapter.adapter_id = row["name"], row["version"], row["id"]
+    name, revision = row["base_model"]["name"], row["base_model"]["revision"]
+    if (name, revision) != (adapter.base_model, adapter.revision or None):
+        adapter.base_model, adapter.revision = name, revision
+        adapter.config = adapter.config | {"base_model_name_or_path": name, "revision": revision}
     return adapter
 
 
@@ -170,12 +187,11 @@ class GroupEvaluator:
     whether it will, `why_not_refined` why not.
     """
 
-    def __init__(self, adapters: list[Adapter], device: str | None, refine: bool = False,
-                 distill_steps: int = 0,
+    def __init__(self, adapters: list[Adapter], base: Path | None, device: str | None,
+                 refine: bool = False, distill_steps: int = 0,
                  on_distill_step: Callable[[int, int, float], None] | None = None):  # fmt: skip
         self.adapters, self.distill_steps, self.on_distill_step = adapters, distill_steps, on_distill_step
         tasks = eval_sets(adapters)
-        base = base_model_folder(adapters[0].base_model)
         self.evaluator = None
         if tasks and base is not None:
             from flows.base_models import load_causal_lm
@@ -226,6 +242,20 @@ class GroupEvaluator:
                 scores |= self.evaluator.merged(_restrict(result, [a.task_name for a in in_result]))
         self.last = (result, scores)
         return scores
+
+
+def base_folder(registry: Registry, adapters: list[Adapter], log: Callable[[str], None]) -> Path | None:
+    """The group's base model folder, resolved from its canonical name, when an eval set needs it.
+
+    None (logged) when it cannot be had now: the group is then judged in weight space.
+    """
+    if not any((a.path / EVAL_FILE).is_file() for a in adapters):
+        return None
+    try:
+        return resolve_base_model(registry, adapters[0].base_model, adapters[0].revision).folder
+    except BaseModelUnavailable as exc:
+        log(f"no base model to evaluate on, weight space only: {exc}")
+        return None
 
 
 def _restrict(result: MergeResult, tasks: list[str]) -> MergeResult:
@@ -288,7 +318,8 @@ def consolidate_group(
         gate = Gate(min_retention)
         steps = request.get("distill_steps", 0)
         progress = partial(logger.info, "group %s: distill step %d/%d, KL %.6f", label)
-        evaluate = GroupEvaluator(adapters, settings.device, request["refine"], steps, progress)
+        base = base_folder(registry, adapters, partial(logger.warning, "group %s: %s", label))
+        evaluate = GroupEvaluator(adapters, base, settings.device, request["refine"], steps, progress)
         refiner = evaluate.improve if evaluate.improves else None
         if refiner is None and evaluate.why_not_refined != "not asked for":
             logger.info("group %s: closed form only, not refined: %s", label, evaluate.why_not_refined)

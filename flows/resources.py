@@ -1,8 +1,5 @@
 """What every flow opens from the settings, and which failures are worth a retry."""
 
-from pathlib import Path
-
-from flows.settings import FlowSettings, model_folder_name
 from registry.api import Registry
 from registry.settings import Settings
 from registry.store.base import StoreError
@@ -14,12 +11,6 @@ def open_registry() -> Registry:
     if registry.store is None:
         raise RuntimeError("no object store configured")
     return registry
-
-
-def base_model_folder(base_model: str) -> Path | None:
-    """The local folder of `base_model` under HYDRACAT_MODELS_DIR, or None if not installed."""
-    folder = FlowSettings.from_env().models_dir / model_folder_name(base_model)
-    return folder if (folder / "config.json").is_file() else None
 
 
 def is_transient(error: BaseException | None) -> bool:

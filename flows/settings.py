@@ -1,9 +1,12 @@
 """Settings of the flows, read from environment variables (the registry's own are in `registry.settings`).
 
-- ``HYDRACAT_MODELS_DIR``: folder of base models, one Hugging Face model folder per base model,
-  named after the model with ``/`` replaced by ``--`` (``HuggingFaceTB--SmolLM2-135M-Instruct``).
+- ``HYDRACAT_MODELS_DIR``: base models: folders installed by an operator, one Hugging Face model
+  folder per base model named after it with ``/`` replaced by ``--``
+  (``HuggingFaceTB--SmolLM2-135M-Instruct``), and ``.cache/`` where base models resolved from the
+  hub or the object store are downloaded (`flows.model_sources`).
   Default: ``$XDG_DATA_HOME/hydracat/models``.
-- ``HYDRACAT_WORK_DIR``: scratch folder for downloaded adapters and staged bundles.
+- ``HYDRACAT_WORK_DIR``: scratch folder for downloaded adapters (``hub/``: those from the hub) and
+  staged bundles.
   Default: ``$XDG_DATA_HOME/hydracat/work``.
 - ``HYDRACAT_DEVICE``: ``cuda`` or ``cpu`` for merges and evaluation (default: cuda when present).
 """

@@ -27,3 +27,7 @@ class BundleError(HydraoptError):
 
 class EvaluationError(HydraoptError):
     """A task, eval row or model that cannot be evaluated as asked."""
+
+
+class HubUnavailableError(HydraoptError):
+    """A hub repo that cannot be had now: offline and not cached, unreachable, or no such repo or revision."""

@@ -26,6 +26,7 @@ from registry.db import WRITE_LOCK, make_engine, session_factory
 from registry.errors import (
     AdapterNotFoundError,
     AliasNotSetError,
+    BaseModelNotFoundError,
     BundleNotFoundError,
     ConflictError,
     InvalidRequestError,
@@ -37,6 +38,8 @@ from registry.models import (
     Adapter,
     AliasEvent,
     BaseModel,
+    BaseModelAlias,
+    BaseModelSource,
     Bundle,
     BundleMember,
     Evaluation,
@@ -45,6 +48,7 @@ from registry.models import (
     TaskAlias,
     utcnow,
 )
+from registry.names import check_alias, check_location, check_name, check_revision
 from registry.settings import Settings
 from registry.store import ObjectStore, open_store
 
@@ -125,35 +129,42 @@ class Registry:
         alpha: float | None = None,
         targets: list[Any] | None = None,
         quarantine_reason: str | None = None,
+        pending_reason: str | None = None,
     ) -> dict:
-        """Register an immutable adapter version; quarantined if `quarantine_reason` is given.
+        """Register an adapter version: quarantined with `quarantine_reason`, pending with `pending_reason`.
 
         Registering the same name, version and sha256 again returns the existing row; the same
-        name and version with another sha256 raises ConflictError.
+        name and version with another sha256 raises ConflictError. A pending version is a
+        placeholder (its base model or hub repo could not be had yet): registering it again
+        replaces it, so the sync that can resolve it activates it, or records a newer reason.
         """
+        if quarantine_reason and pending_reason:
+            raise InvalidRequestError("an adapter version is quarantined or pending, not both")
 
         def work(session: Session) -> dict:
             adapter = _adapter(session, name, version, missing_ok=True)
-            if adapter is not None:
+            if adapter is not None and adapter.status != "pending":
                 if adapter.sha256 != sha256:
                     raise ConflictError(
                         f"adapter {name} {version} is registered with sha256 {adapter.sha256},"
                         f" not {sha256}: versions are immutable, register a new version"
                     )
                 return adapter_dict(adapter)
-            adapter = Adapter(
-                name=name,
-                version=version,
-                sha256=sha256,
-                uri=uri,
-                base_model=_base_model(session, base_model, base_revision),
-                adapter_type=adapter_type,
-                rank=rank,
-                alpha=alpha,
-                targets=list(targets or []),
-                status="quarantined" if quarantine_reason else "active",
-                quarantine_reason=quarantine_reason,
-            )
+            fields = {
+                "sha256": sha256,
+                "uri": uri,
+                "base_model": _base_model(session, base_model, base_revision),
+                "adapter_type": adapter_type,
+                "rank": rank,
+                "alpha": alpha,
+                "targets": list(targets or []),
+                "status": "quarantined" if quarantine_reason else "pending" if pending_reason else "active",
+                "quarantine_reason": quarantine_reason,
+                "pending_reason": pending_reason,
+            }
+            adapter = adapter or Adapter(name=name, version=version)
+            for field, value in fields.items():
+                setattr(adapter, field, value)
             session.add(adapter)
             session.flush()
             return adapter_dict(adapter)
@@ -182,6 +193,75 @@ class Registry:
             return adapter_dict(adapter)
 
         return self._write(work)
+
+    # registered base models
+
+    def add_base_model(
+        self,
+        name: str,
+        *,
+        kind: str,
+        location: str,
+        revision: str | None = None,
+        aliases: list[str] | tuple[str, ...] = (),
+    ) -> dict:
+        """Register base model `name`: a hub repo (`kind` "hub", `location` org/name), a local folder
+        ("path", absolute) or a folder in the object store ("uri"), pinned to `revision` if given.
+
+        Registering the same source again returns it (adding any new `aliases`); another source
+        under a registered name raises ConflictError. Names and aliases never overlap.
+        """
+        check_name(name)
+        check_location(kind, location)
+        if revision is not None:
+            check_revision(revision)
+        if kind == "uri" and self.store is not None and self.store.key_for(location) is None:
+            raise InvalidRequestError(f"uri {location!r} is not a folder of the registry's object store")
+
+        def work(session: Session) -> dict:
+            if _alias(session, name) is not None:
+                raise ConflictError(f"{name!r} is already an alias of another base model")
+            source = session.scalar(select(BaseModelSource).filter_by(name=name))
+            if source is None:
+                source = BaseModelSource(name=name, kind=kind, location=location, revision=revision or "")
+                session.add(source)
+            elif (source.kind, source.location, source.revision) != (kind, location, revision or ""):
+                raise ConflictError(
+                    f"base model {name!r} is registered from {_source_text(source)}, not "
+                    f"{kind} {location}{'@' + revision if revision else ''}"
+                )
+            for alias in aliases:
+                _add_alias(session, source, alias)
+            session.flush()
+            return base_model_source_dict(source)
+
+        return self._write(work)
+
+    def add_base_model_alias(self, alias: str, name: str) -> dict:
+        """Make `alias` (say, the path a trainer's config names) another name of base model `name`."""
+
+        def work(session: Session) -> dict:
+            source = session.scalar(select(BaseModelSource).filter_by(name=name))
+            if source is None:
+                raise BaseModelNotFoundError(name)
+            _add_alias(session, source, alias)
+            session.flush()
+            return base_model_source_dict(source)
+
+        return self._write(work)
+
+    def list_base_models(self) -> list[dict]:
+        with self._read() as session:
+            sources = session.scalars(select(BaseModelSource).order_by(BaseModelSource.name))
+            return [base_model_source_dict(source) for source in sources]
+
+    def find_base_model(self, name: str) -> dict | None:
+        """The registered base model called `name`, or the one `name` is an alias of; None if neither."""
+        with self._read() as session:
+            source = session.scalar(select(BaseModelSource).filter_by(name=name))
+            alias = _alias(session, name) if source is None else None
+            source = alias.source if alias is not None else source
+            return base_model_source_dict(source) if source is not None else None
 
     # bundles
 
@@ -377,6 +457,26 @@ def _base_model(session: Session, name: str, revision: str | None) -> BaseModel:
     return row
 
 
+def _alias(session: Session, alias: str) -> BaseModelAlias | None:
+    return session.scalar(select(BaseModelAlias).filter_by(alias=alias))
+
+
+def _add_alias(session: Session, source: BaseModelSource, alias: str) -> None:
+    check_alias(alias)
+    existing = _alias(session, alias)
+    if existing is not None:
+        if existing.source_id != source.id:
+            raise ConflictError(f"{alias!r} is already an alias of base model {existing.source.name!r}")
+        return
+    if session.scalar(select(BaseModelSource.id).filter_by(name=alias)) is not None:
+        raise ConflictError(f"{alias!r} is a registered base model name, it cannot be an alias")
+    source.aliases.append(BaseModelAlias(alias=alias))
+
+
+def _source_text(source: BaseModelSource) -> str:
+    return f"{source.kind} {source.location}{'@' + source.revision if source.revision else ''}"
+
+
 def _task(session: Session, name: str, create: bool = False) -> Task:
     row = session.scalar(select(Task).filter_by(name=name))
     if row is None:
@@ -532,7 +632,19 @@ def adapter_dict(adapter: Adapter) -> dict:
         "targets": adapter.targets,
         "status": adapter.status,
         "quarantine_reason": adapter.quarantine_reason,
+        "pending_reason": adapter.pending_reason,
         "created_at": adapter.created_at.isoformat(),
+    }
+
+
+def base_model_source_dict(source: BaseModelSource) -> dict:
+    return {
+        "name": source.name,
+        "kind": source.kind,
+        "location": source.location,
+        "revision": source.revision or None,
+        "aliases": [alias.alias for alias in source.aliases],
+        "created_at": source.created_at.isoformat(),
     }
 
 

@@ -1,4 +1,5 @@
-"""Registry commands for the `hydracat` CLI: `registry init|current|history|rollback` and `api`.
+"""Registry commands for the `hydracat` CLI: `registry init|current|history|rollback|list`,
+`registry base-model add|alias|list` and `api`.
 
 `add_registry_commands(subparsers)` adds them to an argparse subparsers object; each command
 sets `args.handler` to one `run_*(args) -> int` function (0 = success, 1 = registry error).
@@ -15,6 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from registry.api import Registry
 from registry.db import make_engine, upgrade
 from registry.errors import RegistryError
+from registry.models import ADAPTER_STATUSES
 from registry.settings import Settings
 
 
@@ -47,10 +49,51 @@ def add_registry_commands(subparsers: argparse._SubParsersAction) -> None:
     rollback.add_argument("--reason", default="rollback")
     rollback.set_defaults(handler=run_rollback)
 
+    listing = commands.add_parser(
+        "list", parents=[common], help="adapter versions, with why a pending or quarantined one waits"
+    )
+    listing.add_argument("--status", choices=ADAPTER_STATUSES)
+    listing.add_argument("--name", help="only this adapter")
+    listing.add_argument("--base-model", help="only adapters of this base model")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(handler=run_list)
+
+    add_base_model_commands(commands, common)
+
     api = subparsers.add_parser("api", parents=[common], help="serve the registry HTTP API")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8080)
     api.set_defaults(handler=run_api)
+
+
+def add_base_model_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    base = commands.add_parser("base-model", help="register base models and their aliases")
+    actions = base.add_subparsers(dest="base_model_command", required=True)
+
+    add = actions.add_parser("add", parents=[common], help="register a base model by name")
+    add.add_argument("name", help="its name, e.g. the hub id: HuggingFaceTB/SmolLM2-135M-Instruct")
+    source = add.add_mutually_exclusive_group(required=True)
+    source.add_argument("--hub", metavar="REPO[@REV]", help="a hub repo, pinned to REV if given")
+    source.add_argument("--path", metavar="DIR", help="a model folder on the machines that run the flows")
+    source.add_argument(
+        "--uri", metavar="URI", help="a model folder in the object store (s3://... or file://...)"
+    )
+    add.add_argument("--revision", help="the revision it is pinned to (same as --hub REPO@REV)")
+    add.add_argument(
+        "--alias", action="append", default=[], help="another name adapters use for it (repeatable)"
+    )
+    add.add_argument("--json", action="store_true", help="print JSON")
+    add.set_defaults(handler=run_base_model_add)
+
+    alias = actions.add_parser("alias", parents=[common], help="add another name for a base model")
+    alias.add_argument("alias", help="the name as adapter configs give it, e.g. /home/alice/ckpt/base")
+    alias.add_argument("name", help="the registered base model it stands for")
+    alias.add_argument("--json", action="store_true", help="print JSON")
+    alias.set_defaults(handler=run_base_model_alias)
+
+    listing = actions.add_parser("list", parents=[common], help="registered base models")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(handler=run_base_model_list)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -119,6 +162,69 @@ def run_rollback(args: argparse.Namespace) -> int:
         return _fail(error)
     print(f"{args.task}: {event['from_bundle_id']} -> {event['to_bundle_id']}")
     return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    try:
+        rows = _registry(args).list_adapters(base_model=args.base_model, status=args.status, name=args.name)
+    except (RegistryError, DBAPIError) as error:
+        return _fail(error)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        base = row["base_model"]
+        reason = row["pending_reason"] or row["quarantine_reason"]
+        print(
+            f"{row['name']}  {row['version']}  {row['status']}  {base['name']}"
+            f"{'@' + base['revision'] if base['revision'] else ''}{'  ' + reason if reason else ''}"
+        )
+    return 0
+
+
+def run_base_model_add(args: argparse.Namespace) -> int:
+    kind, location = next((k, v) for k in ("hub", "path", "uri") if (v := getattr(args, k)) is not None)
+    revision = args.revision
+    if kind == "hub":
+        location, at, pinned = location.partition("@")
+        revision = pinned if at else revision
+    try:
+        source = _registry(args).add_base_model(
+            args.name, kind=kind, location=location, revision=revision, aliases=args.alias
+        )
+    except (RegistryError, DBAPIError) as error:
+        return _fail(error)
+    _print_base_models(source, args.json)
+    return 0
+
+
+def run_base_model_alias(args: argparse.Namespace) -> int:
+    try:
+        source = _registry(args).add_base_model_alias(args.alias, args.name)
+    except (RegistryError, DBAPIError) as error:
+        return _fail(error)
+    _print_base_models(source, args.json)
+    return 0
+
+
+def run_base_model_list(args: argparse.Namespace) -> int:
+    try:
+        sources = _registry(args).list_base_models()
+    except (RegistryError, DBAPIError) as error:
+        return _fail(error)
+    _print_base_models(sources, args.json)
+    return 0
+
+
+def _print_base_models(shown: dict | list[dict], as_json: bool) -> None:
+    """One base model (add, alias) or the list, as JSON or one line each."""
+    if as_json:
+        print(json.dumps(shown, indent=2))
+        return
+    for source in [shown] if isinstance(shown, dict) else shown:
+        pinned = f"@{source['revision']}" if source["revision"] else ""
+        aliases = f"  aliases: {', '.join(source['aliases'])}" if source["aliases"] else ""
+        print(f"{source['name']}  {source['kind']} {source['location']}{pinned}{aliases}")
 
 
 def run_api(args: argparse.Namespace) -> int:

@@ -35,3 +35,8 @@ class ConflictError(RegistryError):
 
 class InvalidRequestError(RegistryError, ValueError):
     """A write is malformed or impossible in the current state."""
+
+
+class BaseModelNotFoundError(NotFoundError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no registered base model {name!r}")

@@ -1,7 +1,8 @@
 """HTTP API (FastAPI) over `registry.api.Registry`; responses use the Python API's JSON shapes.
 
-Reads are open. Writes (rollback, retire) need ``Authorization: Bearer <token>``: 401 without
-it, 403 with a wrong one, 503 when the server has no token configured. Registry errors map to
+Reads are open. Writes (rollback, retire, registering base models and aliases) need
+``Authorization: Bearer <token>``: 401 without it, 403 with a wrong one, 503 when the server has
+no token configured. Registry errors map to
 404 (not found), 409 (conflict) and 400 (invalid request) with ``{"detail": message}``.
 """
 
@@ -29,6 +30,19 @@ def json_response(data: dict | list) -> Response:
 class RollbackRequest(BaseModel):
     actor: str = "http"
     reason: str = "rollback"
+
+
+class BaseModelRequest(BaseModel):
+    name: str
+    kind: str
+    location: str
+    revision: str | None = None
+    aliases: list[str] = []
+
+
+class AliasRequest(BaseModel):
+    alias: str
+    base_model: str
 
 
 def create_app(registry: Registry, token: str | None) -> FastAPI:
@@ -72,6 +86,20 @@ def create_app(registry: Registry, token: str | None) -> FastAPI:
         base_model: str | None = None, status: str | None = None, name: str | None = None
     ) -> Response:
         return json_response(registry.list_adapters(base_model=base_model, status=status, name=name))
+
+    @app.get("/v1/base-models")
+    def base_models() -> Response:
+        return json_response(registry.list_base_models())
+
+    @app.post("/v1/base-models", dependencies=[Depends(require_token)])
+    def add_base_model(body: BaseModelRequest) -> dict:
+        return registry.add_base_model(
+            body.name, kind=body.kind, location=body.location, revision=body.revision, aliases=body.aliases
+        )
+
+    @app.post("/v1/base-models/aliases", dependencies=[Depends(require_token)])
+    def add_alias(body: AliasRequest) -> dict:
+        return registry.add_base_model_alias(body.alias, body.base_model)
 
     @app.post("/v1/tasks/{task}/rollback", dependencies=[Depends(require_token)])
     def rollback(task: str, body: RollbackRequest | None = None) -> dict:

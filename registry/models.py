@@ -19,7 +19,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-ADAPTER_STATUSES = ("active", "retired", "quarantined")
+ADAPTER_STATUSES = ("active", "retired", "quarantined", "pending")
+SOURCE_KINDS = ("hub", "path", "uri")
 CURRENT_ALIAS = "current"
 
 
@@ -67,8 +68,39 @@ class BaseModel(Base):
     revision: Mapped[str] = mapped_column(String(256), default="")
 
 
+class BaseModelSource(Base):
+    """A registered base model: where its files come from (hub repo, local folder, object-store URI)."""
+
+    __tablename__ = "base_model_sources"
+    __table_args__ = (CheckConstraint(f"kind IN {SOURCE_KINDS!r}", name="kind"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(256), unique=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    location: Mapped[str] = mapped_column(Text)
+    revision: Mapped[str] = mapped_column(String(256), default="")  # "" = none pinned
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    aliases: Mapped[list["BaseModelAlias"]] = relationship(
+        order_by="BaseModelAlias.alias", lazy="selectin", back_populates="source"
+    )
+
+
+class BaseModelAlias(Base):
+    """Another name of a registered base model, such as the path it had on a trainer's machine."""
+
+    __tablename__ = "base_model_aliases"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    alias: Mapped[str] = mapped_column(String(1024), unique=True)
+    source_id: Mapped[int] = mapped_column(ForeignKey("base_model_sources.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    source: Mapped[BaseModelSource] = relationship(back_populates="aliases", lazy="joined")
+
+
 class Adapter(Base):
-    """One immutable adapter version."""
+    """One adapter version: immutable once active; a pending one waits for its inputs (`pending_reason`)."""
 
     __tablename__ = "adapters"
     __table_args__ = (
@@ -88,6 +120,7 @@ class Adapter(Base):
     targets: Mapped[list[Any]] = mapped_column(default=list)
     status: Mapped[str] = mapped_column(String(16), default="active")
     quarantine_reason: Mapped[str | None] = mapped_column(Text)
+    pending_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     base_model: Mapped[BaseModel] = relationship(lazy="joined")

@@ -44,8 +44,8 @@ def fast_retries():
 
 def test_every_store_and_registry_step_retries_transient_failures_1_4_16_s_apart():
     names = {task.name for task in retried_tasks()}
-    assert names == {"list_bucket", "check_and_register", "plan_groups", "fetch_members", "publish_objects",
-                     "publish_records"}  # fmt: skip
+    assert names == {"list_bucket", "check_and_register", "waiting_base_model", "plan_groups",
+                     "fetch_members", "publish_objects", "publish_records"}  # fmt: skip
     assert all(task.retries == 3 and task.retry_delay_seconds == [1, 4, 16] for task in retried_tasks())
 
 

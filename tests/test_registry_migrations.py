@@ -1,5 +1,7 @@
-"""Migrations: empty database -> head on SQLite and PostgreSQL, matching the models exactly."""
+"""Migrations on SQLite and PostgreSQL: empty database -> head matching the models exactly, and an
+existing 0001 database upgraded in place (SQLite in batch mode) and back."""
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -27,4 +29,63 @@ def test_upgrade_from_empty_to_head_matches_models(empty_db_url: str):
 def test_migrations_ship_inside_the_package():
     script = ScriptDirectory.from_config(alembic_config())
     assert script.dir.endswith("registry/migrations")
-    assert [rev.revision for rev in script.walk_revisions()] == ["0001"]
+    assert [rev.revision for rev in script.walk_revisions()] == ["0002", "0001"]
+
+
+def test_a_0001_database_is_upgraded_in_place_and_keeps_its_rows(empty_db_url: str):
+    from alembic import command
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    from registry.api import Registry
+
+    engine = make_engine(empty_db_url)
+    upgrade(engine, "0001")
+    with engine.begin() as connection:
+        connection.execute(
+            text("INSERT INTO base_models (id, name, revision) VALUES (1, 'tiny-llama', 'main')")
+        )
+        connection.execute(
+            text(
+                "INSERT INTO adapters (name, version, base_model_id, adapter_type, sha256, uri, targets,"
+                " status, quarantine_reason, created_at) VALUES (:name, '1', 1, 'lora', :sha, 'u', '[]',"
+                " :status, :reason, CURRENT_TIMESTAMP)"
+            ),
+            [
+                {"name": "a", "sha": "1" * 64, "status": "active", "reason": None},
+                {"name": "b", "sha": "2" * 64, "status": "quarantined", "reason": "bad shapes"},
+            ],
+        )
+    upgrade(engine)
+    registry = Registry(engine)
+    rows = {row["name"]: row for row in registry.list_adapters()}
+    assert {name: (row["status"], row["quarantine_reason"]) for name, row in rows.items()} == {
+        "a": ("active", None),
+        "b": ("quarantined", "bad shapes"),
+    }
+    assert (
+        rows["a"]["base_model"] == {"name": "tiny-llama", "revision": "main"}
+        and rows["a"]["pending_reason"] is None
+    )
+    registry.register_adapter_version(
+        "c", "1", sha256="3" * 64, uri="u", base_model="m", pending_reason="waiting"
+    )
+    registry.add_base_model("m", kind="path", location="/models/m", aliases=["/home/alice/m"])
+    with pytest.raises(IntegrityError), engine.begin() as connection:  # the new CHECK constraint holds
+        connection.execute(text("UPDATE adapters SET status = 'gone' WHERE name = 'a'"))
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+
+    config = alembic_config()
+    with engine.begin() as connection:  # and back: a pending version is kept as quarantined
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0001")
+    with engine.connect() as connection:
+        statuses = connection.execute(
+            text("SELECT name, status, quarantine_reason FROM adapters ORDER BY name")
+        )
+        assert statuses.all() == [("a", "active", None), ("b", "quarantined", "bad shapes"),
+                                  ("c", "quarantined", "pending: waiting")]  # fmt: skip
+    assert "base_model_sources" not in inspect(engine).get_table_names()
+    engine.dispose()

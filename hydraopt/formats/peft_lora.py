@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from hydraopt.adapter import Adapter
 from hydraopt.errors import CorruptAdapterError, UnsafeFormatError, UnsupportedFeatureError
 from hydraopt.factors import LoraDelta
+from hydraopt.formats.hub import HubAccess, Snapshot, parse_hub_uri, snapshot
 from hydraopt.formats.safetensors_io import PICKLE_SUFFIXES, read_safetensors
 
 CONFIG_NAME = "adapter_config.json"
@@ -185,18 +186,29 @@ def refuse_pickle_or_file(path: Path) -> None:
 
 
 def resolve_source(source: str | Path) -> Path:
-    """A local folder as is; `hf://repo[@revision]` through huggingface_hub (safe files only)."""
+    """A local folder as is; `hf://repo[@revision]` downloaded into huggingface_hub's cache."""
     text = str(source)
     if not text.startswith("hf://"):
         return Path(source)
-    repo, _, revision = text.removeprefix("hf://").partition("@")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise RuntimeError("loading from a hub needs `pip install hydracat[hub]`") from None
-    return Path(
-        snapshot_download(repo, revision=revision or None, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME])
-    )
+    return download_hub_adapter(text, HubAccess.from_env()).folder
+
+
+def download_hub_adapter(uri: str, access: HubAccess, extra_files: tuple[str, ...] = ()) -> Snapshot:
+    """The config and safetensors weights of adapter `hf://org/repo[@revision]`, pinned to a commit.
+
+    `extra_files` are fetched too where the repo has them; nothing else is ever requested (see
+    `hydraopt.formats.hub`). A repo with only pickle weights is refused.
+    """
+    repo, revision = parse_hub_uri(uri)
+    found = snapshot(repo, revision, {CONFIG_NAME, WEIGHTS_NAME, *extra_files}.__contains__, access)
+    if WEIGHTS_NAME not in found.files and found.pickles:
+        raise UnsafeFormatError(
+            f"{found.uri}: only pickle-based weights ({', '.join(found.pickles)}); they are never "
+            f"loaded (unpickling runs code), provide {WEIGHTS_NAME}"
+        )
+    if CONFIG_NAME not in found.files:
+        raise CorruptAdapterError(f"{found.uri}: no {CONFIG_NAME}; not a PEFT adapter repo")
+    return found
 
 
 def write_peft_lora(
