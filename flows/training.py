@@ -1,9 +1,10 @@
 """Train one PEFT LoRA per task on a base model: the adapters the quality benchmark and demo merge.
 
 Loss is cross-entropy on the answer tokens and an end-of-sequence token after them, on the rows
-exactly as the evaluation encodes them (`hydraopt.evaluation.function.encode_example`). `init_seed` seeds PEFT's
-initialisation of A (B starts at zero): one seed for every task gives the shared-A-init
-setting HydraOpt assumes; a seed per task gives independently initialised adapters.
+exactly as the evaluation encodes them (`hydraopt.evaluation.function.encode_example`).
+`init_seed` seeds PEFT's initialisation of A (B starts at zero): one seed for every task gives
+the shared-A-init setting HydraOpt assumes; a seed per task gives independently initialised
+adapters.
 Adapters are saved with `save_pretrained` and reused from the cache when present.
 """
 
