@@ -207,9 +207,33 @@ def judge(registry: Registry, folder: AdapterFolder, local: Path) -> dict:
     fields |= {"base_model": base.name, "base_revision": base.revision}
     try:
         check_shapes(adapter, base)
+        check_chat_rows(adapter, base)
     except HydraoptError as exc:
         fields["quarantine_reason"] = str(exc)
     return fields
+
+
+def check_chat_rows(adapter: Adapter, base: BaseModelFolder) -> None:
+    """Eval rows given as chat messages need a chat template in the base model's tokenizer."""
+    eval_file = adapter.path / EVAL_FILE
+    if not eval_file.is_file():
+        return
+    task = read_task_jsonl(eval_file, name=adapter.task_name)
+    if any(example.chat for example in task.train + task.eval) and not has_chat_template(base.folder):
+        raise HydraoptError(
+            f"{EVAL_FILE} gives chat messages, but base model {base.name!r} has no chat template"
+        )
+
+
+def has_chat_template(folder: Path) -> bool:
+    """Whether a model folder's tokenizer carries a chat template (its config, or a template file)."""
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(config, dict) and bool(config.get("chat_template"))
 
 
 @task(**RETRIES)

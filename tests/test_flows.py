@@ -173,3 +173,19 @@ def test_distillation_is_asked_per_run_recorded_in_the_manifest_and_changes_the_
     assert consolidate(rank=2, distill_steps=3)["published"] == []  # same request: unchanged
     assert len(consolidate(rank=2)["published"]) == 1  # without distillation: a different request
     assert "distill" not in registry.current_bundle("alpha")["manifest"]["params"]
+
+
+def test_chat_eval_rows_on_a_base_model_without_a_chat_template_are_quarantined(catalog, tmp_path):
+    import json
+    import shutil
+
+    folder = shutil.copytree(catalog["sources"]["adapters"]["alpha"], tmp_path / "chatty")
+    messages = [{"role": "user", "content": "the quick alpha"}]
+    row = {"messages": messages, "answer": " apple", "metric": "exact_match"}
+    (folder / "eval.jsonl").write_text(json.dumps(row) + "\n")
+    upload(catalog["store"], folder, "adapters/chatty/1")
+    synced = sync_catalog()
+    assert "chatty/1" in synced["quarantined"] and "alpha/1" in synced["registered"]
+    (quarantined,) = catalog["registry"].list_adapters(name="chatty")
+    assert "gives chat messages" in quarantined["quarantine_reason"]
+    assert "no chat template" in quarantined["quarantine_reason"]
