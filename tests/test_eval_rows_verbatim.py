@@ -9,11 +9,22 @@ from pathlib import Path
 import pytest
 import torch
 
+from flows.catalog import sync_catalog
+from flows.cli import main as hydracat
+from flows.consolidate import consolidate
 from hydraopt import load_adapter
 from hydraopt.evaluation import Evaluator
 from hydraopt.evaluation import exact_match as exact_match_module
 from hydraopt.evaluation.suite import Example, TaskSet, read_task_jsonl
 from hydraopt.factors import LoraDelta
+from tests.flow_fixtures import catalog_fixture, harness_fixture, sources_fixture, upload  # noqa: F401
+from tests.hub_fixtures import fake_hub_fixture  # noqa: F401
+from tests.registry_fixtures import (  # noqa: F401
+    db_url_fixture,
+    empty_db_url_fixture,
+    s3_bucket_fixture,
+    s3_endpoint_fixture,
+)
 
 CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -25,6 +36,7 @@ FRUITS = {"banana": "yellow", "cherry": "red", "lime": "green", "plum": "purple"
 MOODS = {"I won the lottery": "happy", "my dog is lost": "sad", "what a sunny day": "happy",
          "the cake burnt": "sad"}  # fmt: skip
 FILLER = ["today", "again", "now", "please", "asap", "team", "office", "kitchen"]
+HUB_BASE = "acme/chatml-lm"
 
 
 def ticket_row(rng: random.Random) -> tuple[dict, str]:
@@ -50,7 +62,8 @@ def mood_row(rng: random.Random, tokenizer) -> tuple[dict, str]:
 
 @pytest.fixture(scope="module")
 def model_and_tokenizer(tmp_path_factory):
-    """A tiny Llama and a byte-level BPE tokenizer with a ChatML template (eos = <|im_end|>)."""
+    """(model, tokenizer, folder): a tiny Llama and a byte-level BPE tokenizer with a ChatML template
+    (eos = <|im_end|>), saved as a model folder."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -77,13 +90,17 @@ def model_and_tokenizer(tmp_path_factory):
     folder = tmp_path_factory.mktemp("chatml-llama")
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    return LlamaForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    return LlamaForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder), folder
 
 
 @pytest.fixture(scope="module")
-def tasks(model_and_tokenizer):
-    """task -> (eval rows, training texts); ticket rows alternate the default stop and a two-token one."""
-    _, tokenizer = model_and_tokenizer
+def team(model_and_tokenizer, tmp_path_factory) -> dict[str, tuple[Path, list[dict]]]:
+    """task -> (PEFT adapter folder with its eval.jsonl, eval rows), trained here on each task's own format.
+
+    The adapters name the hub id HUB_BASE as their base model, as a team's would; eval.jsonl holds 32
+    train rows (calibration) and 32 eval rows; ticket rows alternate the default stop and a two-token one.
+    """
+    model, tokenizer, _ = model_and_tokenizer
     rng = random.Random(1)
     made = {
         "ticket": [ticket_row(rng) for _ in range(96)],
@@ -93,12 +110,20 @@ def tasks(model_and_tokenizer):
     for i, (row, _) in enumerate(made["ticket"]):
         if i % 2:
             row["stop"] = ["\nTicket:"]
-    return {name: ([r for r, _ in rows[64:]], [text for _, text in rows[:64]]) for name, rows in made.items()}
+    root = tmp_path_factory.mktemp("team")
+    adapters = {}
+    for seed, (name, rows) in enumerate(made.items()):
+        folder = train_plain_peft(model, tokenizer, [text for _, text in rows[:64]], seed, root / name)
+        evaluated = [row for row, _ in rows[64:]]
+        lines = [row | {"metric": "exact_match", "split": "train"} for row, _ in rows[:32]]
+        lines += [row | {"metric": "exact_match"} for row in evaluated]
+        (folder / "eval.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+        adapters[name] = (folder, evaluated)
+    return adapters
 
 
-def train_plain_peft(model, tokenizer, texts: list[str], seed: int, out: Path) -> dict[str, LoraDelta]:
-    """What a team does: a PEFT LoRA, cross-entropy on the whole training text, AdamW, `save_pretrained`.
-    Returns the saved adapter's updates as hydracat loads them."""
+def train_plain_peft(model, tokenizer, texts: list[str], seed: int, out: Path) -> Path:
+    """What a team does: a PEFT LoRA, cross-entropy on the whole training text, AdamW, `save_pretrained`."""
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
@@ -117,7 +142,10 @@ def train_plain_peft(model, tokenizer, texts: list[str], seed: int, out: Path) -
     peft_model.save_pretrained(out)
     peft_model.unload()
     model.eval()
-    return load_adapter(out).modules
+    config_path = out / "adapter_config.json"  # trained on the hub's model, as the team's config says
+    config = json.loads(config_path.read_text()) | {"base_model_name_or_path": HUB_BASE}
+    config_path.write_text(json.dumps(config))
+    return out
 
 
 def generate_verdicts(model, tokenizer, rows: list[dict]) -> list[bool]:
@@ -144,21 +172,17 @@ def scaled(deltas: dict[str, LoraDelta], factor: float) -> dict[str, LoraDelta]:
     return {name: LoraDelta(d.A, d.B * factor) for name, d in deltas.items()}
 
 
-def test_evaluator_scores_each_row_as_generate_does(model_and_tokenizer, tasks, tmp_path, monkeypatch):
-    model, tokenizer = model_and_tokenizer
+def test_evaluator_scores_each_row_as_generate_does(model_and_tokenizer, team, monkeypatch):
+    model, tokenizer, _ = model_and_tokenizer
     decoded = []
     real_next = exact_match_module.next_greedy_token
     monkeypatch.setattr(exact_match_module, "next_greedy_token",
                         lambda *args: decoded.append(1) or real_next(*args))  # fmt: skip
-    task_sets = []
-    for name, (rows, _) in tasks.items():
-        path = tmp_path / f"{name}.jsonl"
-        path.write_text("".join(json.dumps(row | {"metric": "exact_match"}) + "\n" for row in rows))
-        task_sets.append(read_task_jsonl(path))
+    task_sets = [read_task_jsonl(folder / "eval.jsonl", name=name) for name, (folder, _) in team.items()]
     evaluator = Evaluator(model, tokenizer, task_sets, batch_size=8)
     seen = {True: 0, False: 0}
-    for seed, (name, (rows, texts)) in enumerate(tasks.items()):
-        deltas = train_plain_peft(model, tokenizer, texts, seed, tmp_path / f"{name}-adapter")
+    for name, (folder, rows) in team.items():
+        deltas = load_adapter(folder).modules
         for factor in (1.0, 0.5, 0.0):
             ours = evaluator.run(name, scaled(deltas, factor)).correct.tolist()
             with torch.no_grad():
@@ -181,7 +205,7 @@ def test_evaluator_scores_each_row_as_generate_does(model_and_tokenizer, tasks, 
 def test_rows_keep_their_own_text_no_template_or_space_is_added(model_and_tokenizer):
     from hydraopt.evaluation.function import encode_task
 
-    _, tokenizer = model_and_tokenizer
+    _, tokenizer, _ = model_and_tokenizer
     raw = Example("Ticket: vpn slow\nPriority:", " normal")
     spaced = Example("Ticket: vpn slow\nPriority: ", "normal")  # the same text, split elsewhere
     chat = Example("", "happy", messages=(("user", "Mood of: what a sunny day"),))
@@ -194,3 +218,24 @@ def test_rows_keep_their_own_text_no_template_or_space_is_added(model_and_tokeni
                                              tokenize=False, add_generation_prompt=True)  # fmt: skip
     assert tokenizer.decode(third[:-1]) == rendered + "happy"
     assert encoded.answer_lengths[2] == len(tokenizer("happy", add_special_tokens=False)["input_ids"]) + 1
+
+
+def test_a_teams_adapters_on_a_hub_base_model_go_through_sync_consolidate_and_current(
+    catalog, fake_hub, model_and_tokenizer, team, tmp_path, monkeypatch, capsys
+):
+    """README's "bring your own adapters": the team's folders as they are, the base model from the hub."""
+    monkeypatch.setenv("HYDRACAT_MODELS_DIR", str(tmp_path / "models"))  # nothing installed by hand
+    fake_hub.add(HUB_BASE, model_and_tokenizer[2])
+    for name, (folder, _) in team.items():
+        upload(catalog["store"], folder, f"team/{name}/1")
+    assert sync_catalog(prefix="team/")["registered"] == ["fruit/1", "mood/1", "ticket/1"]
+    result = consolidate(base_model=HUB_BASE, rank=24)  # K = N, r' = Σ r_i: exact, so every gate passes
+    (group,) = result["groups"]
+    assert group["status"] == "published" and group["refined"]
+    rows = {row["task"]: row for row in group["tasks"]}
+    for name in team:  # scored on the team's own prompts: each original is right on its rows
+        assert rows[name]["metric"] == "exact_match" and rows[name]["original"] >= 0.9, rows[name]
+        assert rows[name]["passed"] and rows[name]["retention"] >= 0.97
+    assert hydracat(["registry", "current", "--task", "ticket"]) == 0
+    answer = capsys.readouterr().out
+    assert f"bundle:     {group['bundle_id']}" in answer and f"base model: {HUB_BASE}" in answer
