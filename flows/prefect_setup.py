@@ -1,11 +1,13 @@
 """Prefect start-up in one place: the project's Prefect defaults, Prefect's database migrated in this
 process before a server starts, and one clear line when a server still does not answer.
 
-Why: a new Prefect database gets all of Prefect's Alembic migrations (113 for SQLite; 14 s on 2 quiet
-cores) and the ephemeral server ran them inside its start-up window (20 s by default, counting only
-its own 0.1 s sleeps), so a first flow run on a new PREFECT_HOME timed out on a busy machine. Here
-they run before the server starts, only when the database is new or behind, and the window is
-``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS`` (project default 180 s; the user's value wins).
+Why (issue 12): a new Prefect database gets all of Prefect's Alembic migrations (113 for SQLite,
+about 14 s on 2 cores) and the ephemeral server ran them inside its start-up window, 20 s by default;
+with another process on one core the first start needed 42-46 s and timed out. Here the migrations
+run before the server starts, only when the database is new or behind, and the window is
+``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS``, project default 180 s (a start on a busy
+machine took up to 30 s even without migrations). Defaults yield to the environment; a value in a
+Prefect profile does not win over them (environment variables outrank profiles): export it.
 """
 
 import asyncio
