@@ -360,7 +360,7 @@ def start_api_server(database_url: str, token: str, log_path: Path, timeout_s: f
     base_url = f"http://127.0.0.1:{port}"
     try:
         wait_until_answering(process, f"{base_url}/v1/adapters", "the registry API", timeout_s, poll_s=0.1)
-    except RuntimeError as exc:
+    except (RuntimeError, TimeoutError) as exc:  # exited, or did not answer in time
         raise RuntimeError(f"{exc}; its log: {log_path.read_text()[-2000:]}") from exc
     return process, base_url
 
