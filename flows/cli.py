@@ -4,6 +4,7 @@ import argparse
 import logging
 import sys
 
+from flows.prefect_setup import PrefectStartError
 from hydraopt.cli import add_merge_command
 from registry.cli import add_registry_commands
 
@@ -28,7 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except PrefectStartError as error:  # one line saying what to set, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -7,12 +7,14 @@
 3. The adapters and their eval sets (with 64 train rows per task, which consolidate refines the
    merge on) are dropped into a local-folder object store under ``adapters/<task>/1/``, as a team
    would drop them into the bucket.
-4. The `nightly` flow runs in Prefect's ephemeral mode: `sync-catalog` registers the adapters in
-   a SQLite registry, `consolidate` merges them (`auto`: the smallest HydraOpt setting whose
-   evaluated retention passes the gate), evaluates every task and publishes the bundle.
+4. The `nightly` flow runs in Prefect's ephemeral mode (unless PREFECT_API_URL names a server):
+   `sync-catalog` registers the adapters in a SQLite registry, `consolidate` merges them (`auto`:
+   the smallest HydraOpt setting whose evaluated retention passes the gate), evaluates every task
+   and publishes the bundle.
 5. The per-task table, then the registry's answer for a task (`hydracat registry current`).
 
-Everything the run writes lives in --workdir, which starts empty on every run.
+Everything the run writes lives in --workdir, which starts empty on every run; Prefect's files
+(PREFECT_HOME, unless set) in --cache, ``prefect/``, so its database is migrated on the first run only.
 """
 
 import argparse
@@ -22,6 +24,7 @@ import sys
 from pathlib import Path
 
 from flows.base_models import SMOLLM2_NAME, load_causal_lm, smollm2_folder
+from flows.prefect_setup import apply_defaults, ensure_api
 from flows.settings import model_folder_name
 from flows.training import TrainingConfig, train_lora_with_bar
 from hydraopt.evaluation import builtin_suite
@@ -110,6 +113,7 @@ def print_table(result: dict) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     cache, workdir = Path(args.cache).resolve(), Path(args.workdir).resolve()
+    apply_defaults({"PREFECT_HOME": str(cache / "prefect")})
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     for name in ("HYDRACAT_STORE_URL", "HYDRACAT_S3_BUCKET"):
@@ -126,7 +130,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
     hydracat(["registry", "init"])
     drop_into_store(adapters, tasks)
-    say("running the nightly flow (sync-catalog, then consolidate) in Prefect's ephemeral mode ...")
+    api_url = ensure_api()
+    say(f"running the nightly flow (sync-catalog, then consolidate) on the Prefect API {api_url} ...")
     from flows.nightly import nightly
 
     result = nightly(method=args.method)
@@ -141,6 +146,10 @@ def add_demo_command(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="the flows end to end on a small model (make demo)")
     parser.add_argument("--base", choices=("smollm2", "tiny"), default="smollm2", help="base model (smollm2)")
     parser.add_argument("--method", default="auto", help="consolidate's method (auto)")
-    parser.add_argument("--cache", default=".cache", help="models and trained adapters, kept between runs")
+    parser.add_argument(
+        "--cache",
+        default=".cache",
+        help="models, trained adapters and PREFECT_HOME (unless set), kept between runs",
+    )
     parser.add_argument("--workdir", default=".cache/demo", help="registry, store and scratch; emptied first")
     parser.set_defaults(handler=run_demo)

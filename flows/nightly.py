@@ -23,6 +23,7 @@ from flows.consolidate import (
     Refine,
     consolidate,
 )
+from flows.prefect_setup import ensure_api
 
 CONSOLIDATE_DEPLOYMENT = "consolidate/consolidate"
 
@@ -62,4 +63,5 @@ def run_consolidate(parameters: dict) -> dict:
 
 
 if __name__ == "__main__":
+    ensure_api()  # ephemeral mode: the database migrated first, the project's start-up timeout
     print(nightly())

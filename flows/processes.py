@@ -1,6 +1,7 @@
-"""Child processes: their environment, wait until one answers over HTTP, stop one for good."""
+"""Child processes: their environment, a free port, wait until one answers over HTTP, stop one for good."""
 
 import os
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -14,10 +15,18 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def wait_until_answering(
     process: subprocess.Popen, url: str, what: str, timeout_s: float, poll_s: float = 0.2
 ) -> subprocess.Popen:
-    """Return `process` once GET `url` answers 200; stop it and raise if it exits or times out."""
+    """Return `process` once GET `url` answers 200; stop it and raise RuntimeError if it exits,
+    TimeoutError if it does not answer within `timeout_s`."""
     import httpx
 
     deadline = time.monotonic() + timeout_s
@@ -32,7 +41,7 @@ def wait_until_answering(
             pass
         time.sleep(poll_s)
     stop_process(process)
-    raise RuntimeError(f"{what} did not answer at {url} within {timeout_s:.0f} s")
+    raise TimeoutError(f"{what} did not answer at {url} within {timeout_s:.0f} s")
 
 
 def stop_process(process: subprocess.Popen, timeout_s: float = 20.0) -> None:

@@ -2,8 +2,9 @@
 
 Embedded mode: the registry is the settings' database (a SQLite file by default, migrated on
 start) and the object store the settings' store (a local folder by default). The Prefect server
-runs as a child process on 127.0.0.1 (its own database under PREFECT_HOME) unless
-``--api-url`` (or PREFECT_API_URL) names a server to use instead. Deployments:
+runs as a child process on 127.0.0.1 (its own database under PREFECT_HOME, migrated here before it
+starts; see `flows.prefect_setup`) unless ``--api-url`` (or PREFECT_API_URL) names a server to use
+instead. Deployments:
 
 - ``nightly`` on a cron schedule (default ``0 2 * * *``, UTC): sync-catalog then consolidate;
 - ``sync-catalog`` and ``consolidate`` on demand (Prefect UI: Deployments -> Run).
@@ -15,17 +16,24 @@ import signal
 import subprocess
 import sys
 
+from flows.prefect_setup import PrefectStartError, migrate_database, startup_timeout_s
 from flows.processes import stop_process, wait_until_answering
 
 NIGHTLY_CRON = "0 2 * * *"
 
 
-def start_prefect_server(host: str, port: int, timeout_s: float = 180.0) -> subprocess.Popen:
-    """`prefect server start` as a child process; returns once /api/health answers."""
+def start_prefect_server(host: str, port: int) -> subprocess.Popen:
+    """`prefect server start` as a child process, its database migrated first; returns once /api/health
+    answers, PrefectStartError if that takes longer than the start-up timeout."""
+    migrate_database()
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]
-    ui_env = {"PREFECT_UI_API_URL": f"http://{host}:{port}/api", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    process = subprocess.Popen(command, env=os.environ | ui_env)  # the UI must call this server, not :4200
-    return wait_until_answering(process, f"http://{host}:{port}/api/health", "the Prefect server", timeout_s)
+    ui_env = {"PREFECT_UI_API_URL": f"http://{host}:{port}/api"}  # the UI must call this server, not :4200
+    process = subprocess.Popen(command, env=os.environ | ui_env)
+    url, timeout_s = f"http://{host}:{port}/api/health", startup_timeout_s()
+    try:
+        return wait_until_answering(process, url, "the Prefect server", timeout_s)
+    except TimeoutError as error:
+        raise PrefectStartError(timeout_s) from error
 
 
 def deployments(cron: str):

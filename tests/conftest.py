@@ -1,15 +1,26 @@
-"""Shared fixtures: a tiny Llama base model and real PEFT adapters, cached under .cache/."""
+"""Shared fixtures: a tiny Llama base model and real PEFT adapters, cached under .cache/; Prefect's
+database migrated once per session."""
 
-import os
 from pathlib import Path
 
 import pytest
 
+from flows.prefect_setup import apply_defaults
+
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "test-models"
-os.environ.setdefault("PREFECT_HOME", str(ROOT / ".cache" / "prefect-test"))
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+apply_defaults({"PREFECT_HOME": str(ROOT / ".cache" / "prefect-test")})  # before any test imports Prefect
+
+
+@pytest.fixture(scope="session")
+def prefect_template(tmp_path_factory) -> Path:
+    """Prefect's SQLite database, migrated once per session; each test server starts on a copy."""
+    from flows.prefect_setup import migrate_database, using_database
+
+    path = tmp_path_factory.mktemp("prefect-template") / "prefect.db"
+    with using_database(path):
+        migrate_database()
+    return path
 
 
 @pytest.fixture(scope="session")

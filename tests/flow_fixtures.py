@@ -1,15 +1,18 @@
-"""Fixtures of the flow tests: a Prefect test server, two base models and 12 adapters (plus one
-corrupt folder) uploaded to a moto bucket, the registry on SQLite and on PostgreSQL.
+"""Fixtures of the flow tests: a Prefect test server per module, two base models and 12 adapters (plus
+one corrupt folder) uploaded to a moto bucket, the registry on SQLite and on PostgreSQL.
 
 Test modules import what they use (`from tests.flow_fixtures import catalog_fixture`); each fixture
 is registered under its name without `_fixture`.
 """
 
 import shutil
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
+from flows.prefect_setup import temporary_server
 from flows.synthetic import llama_attention_shapes, write_random_lora
 from hydraopt.evaluation.suite import write_task_jsonl
 from registry.api import Registry
@@ -22,11 +25,17 @@ LOSSLESS = {"rank": 6 * RANK}  # K = N heads and r' = Σ r_i: the merge is exact
 SHAPES = llama_attention_shapes(layers=2, hidden=64, kv_out=32)
 
 
-@pytest.fixture(scope="module", name="harness")
-def harness_fixture():
-    from prefect.testing.utilities import prefect_test_harness
+def copy_database(source: Path, target: Path) -> Path:
+    """A consistent copy of the SQLite database `source` (what its write-ahead log holds included)."""
+    with closing(sqlite3.connect(source)) as source_db, closing(sqlite3.connect(target)) as target_db:
+        source_db.backup(target_db)
+    return target
 
-    with prefect_test_harness(server_startup_timeout=120):
+
+@pytest.fixture(scope="module", name="harness")
+def harness_fixture(prefect_template, tmp_path_factory):
+    """A real Prefect server subprocess, the API of this module's flows, on a copy of the template."""
+    with temporary_server(copy_database(prefect_template, tmp_path_factory.mktemp("prefect") / "prefect.db")):
         yield
 
 

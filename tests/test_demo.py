@@ -6,16 +6,32 @@ import subprocess
 import sys
 from pathlib import Path
 
+SHARED_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "test-models" / "demo"
+
 
 def test_demo_publishes_through_the_flows_and_prints_the_registry_answer(tmp_path):
-    env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect")}
-    env = {k: v for k, v in env.items() if not k.startswith(("HYDRACAT_", "PREFECT_API"))}
-    workdir = tmp_path / "demo"
-    cache = Path(__file__).resolve().parents[1] / ".cache" / "test-models" / "demo"
+    """From a plain shell (no PREFECT_* or HYDRACAT_* variable) and an empty PREFECT_HOME (the demo's
+    default, in --cache), while another process keeps a core busy: Prefect's first start on a busy
+    machine is what failed (issue 12)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HYDRACAT_", "PREFECT_", "DO_NOT_TRACK"))}
+    workdir, cache = tmp_path / "demo", tmp_path / "cache"
+    cache.mkdir()
+    for name in ("models", "demo-adapters"):  # the tiny model and its adapters, trained once
+        (SHARED_CACHE / name).mkdir(parents=True, exist_ok=True)
+        (cache / name).symlink_to(SHARED_CACHE / name, target_is_directory=True)
     command = [sys.executable, "-m", "flows.cli", "demo", "--base", "tiny", "--workdir", str(workdir),
                "--cache", str(cache)]  # fmt: skip
-    run = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        run = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    finally:
+        busy.kill()
+        busy.wait()
     assert run.returncode == 0, run.stderr[-3000:]
+    prefect_database = cache / "prefect" / "prefect.db"
+    migrating = run.stderr.index(f"migrating Prefect's database {prefect_database}")
+    assert migrating < run.stderr.index("Starting temporary server")  # migrated before the server started
+    assert prefect_database.is_file()
     out = run.stdout
     assert "sync-catalog registered: alpha/1, beta/1, gamma/1" in out
     bundle_id = re.search(r"published, bundle (\w+) \(K=(\d+), r'=(\d+), refined, storage ([\d.]+)", out)

@@ -1,4 +1,4 @@
-"""The Prefect flows end to end: real flow runs (prefect_test_harness), boto3 over HTTP to a moto
+"""The Prefect flows end to end: real flow runs (a Prefect test server), boto3 over HTTP to a moto
 server, the registry on SQLite and on PostgreSQL, real PEFT loading of what gets published."""
 
 import logging

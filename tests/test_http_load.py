@@ -7,6 +7,7 @@ from flows.bench.consistency import COMMIT_SLACK_S, Answer, check_answers
 from flows.bench.load import load_under_publishing, run_load, start_api_server
 from flows.processes import stop_process
 from registry.api import Registry
+from tests.flow_fixtures import harness_fixture  # noqa: F401
 from tests.registry_fixtures import (  # noqa: F401
     db_url_fixture,
     empty_db_url_fixture,
@@ -16,14 +17,6 @@ from tests.registry_fixtures import (  # noqa: F401
 
 SECONDS, RATE = 10.0, 100.0
 LATER = 10 * COMMIT_SLACK_S  # well past any commit of a move
-
-
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def test_load_while_aliases_move(harness, empty_db_url, tmp_path):

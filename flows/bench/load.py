@@ -17,7 +17,6 @@ import json
 import os
 import random
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,7 @@ from flows.bench.consistency import (
     check_answers,
     record_commit_times,
 )
-from flows.processes import child_env, stop_process, wait_until_answering
+from flows.processes import child_env, free_port, stop_process, wait_until_answering
 from registry.errors import NotFoundError
 
 MIX = {"current": 0.6, "bundle": 0.25, "adapters": 0.15}
@@ -60,12 +59,6 @@ def latency_stats(samples_s: list[float]) -> dict:
         "mean_ms": statistics.fmean(ms),
         "max_ms": max(ms),
     }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass(frozen=True)
@@ -367,7 +360,7 @@ def start_api_server(database_url: str, token: str, log_path: Path, timeout_s: f
     base_url = f"http://127.0.0.1:{port}"
     try:
         wait_until_answering(process, f"{base_url}/v1/adapters", "the registry API", timeout_s, poll_s=0.1)
-    except RuntimeError as exc:
+    except (RuntimeError, TimeoutError) as exc:  # exited, or did not answer in time
         raise RuntimeError(f"{exc}; its log: {log_path.read_text()[-2000:]}") from exc
     return process, base_url
 
@@ -392,7 +385,7 @@ def load_under_publishing(
     token); a `flows.bench.publisher.Publisher` that publishes version 1 first, then, during the
     load, cycles new versions through real `sync-catalog` and `consolidate` flow runs plus a
     rollback over HTTP; `tasks` task names ``load-task-<i>``. Flows run in the caller's Prefect
-    context (`prefect_test_harness`, or Prefect's ephemeral mode). The check reads the database;
+    context (`flows.prefect_setup.temporary_server`, or ephemeral mode). The check reads the database;
     commit times of the publisher's writes are observed, not assumed.
     """
     from flows.bench.publisher import Publisher

@@ -29,8 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from flows.bench.load import Call, free_port, latency_stats, send_paced
-from flows.processes import child_env, stop_process, wait_until_answering
+from flows.bench.load import Call, latency_stats, send_paced
+from flows.processes import child_env, free_port, stop_process, wait_until_answering
 
 SEED = 1234
 BASE_MODEL = "meta-llama/Llama-3.2-1B"

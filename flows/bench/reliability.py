@@ -100,9 +100,9 @@ def throwaway_catalog(root: Path) -> Iterator[Catalog]:
     """Moto on a free port, the HYDRACAT_* environment, a migrated SQLite registry, a Prefect server."""
     import boto3
     from moto.server import ThreadedMotoServer
-    from prefect.testing.utilities import prefect_test_harness
 
-    from flows.bench.load import free_port
+    from flows.prefect_setup import temporary_server
+    from flows.processes import free_port
     from registry.db import make_engine, upgrade
 
     port = free_port()
@@ -129,7 +129,7 @@ def throwaway_catalog(root: Path) -> Iterator[Catalog]:
             upgrade(engine)
             engine.dispose()
             build_tiny_base(root / "models" / model_folder_name(BASE_MODEL))
-            with prefect_test_harness(server_startup_timeout=120):
+            with temporary_server(root / "prefect.db"):
                 yield Catalog(root, S3Store(BUCKET, "", endpoint_url=endpoint), database_url, endpoint)
         finally:
             server.stop()
