@@ -1,34 +1,47 @@
-"""The `hydracat` command: one subcommand per job, each a thin wrapper over a library function."""
+"""The `hydracat` command: one subcommand per job, each a thin wrapper over a library function.
+
+Each command's module is imported only when that command runs (or for the full `--help`), so
+`hydracat registry current` or `hydracat merge` do not pay for Prefect, the benchmarks or torch
+when they do not use them.
+"""
 
 import argparse
+import importlib
 import logging
 import sys
+from collections.abc import Sequence
 
 from flows.prefect_setup import PrefectStartError
-from hydraopt.cli import add_merge_command
-from registry.cli import add_registry_commands
+
+# command -> "module:function" that adds its parser (one function may add several commands)
+COMMANDS = {
+    "merge": "hydraopt.cli:add_merge_command",
+    "registry": "registry.cli:add_registry_commands",
+    "api": "registry.cli:add_registry_commands",
+    "bench": "flows.bench:add_bench_command",
+    "demo": "flows.demo:add_demo_command",
+    "serve": "flows.serve:add_serve_command",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of the command `argv` names (every command's when it names none it knows)."""
     parser = argparse.ArgumentParser(
         prog="hydracat", description="A LoRA adapter catalog that consolidates itself."
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
-    add_merge_command(subparsers)
-    add_registry_commands(subparsers)
-    from flows.bench import add_bench_command
-    from flows.demo import add_demo_command
-    from flows.serve import add_serve_command
-
-    add_bench_command(subparsers)
-    add_demo_command(subparsers)
-    add_serve_command(subparsers)
+    named = next((arg for arg in argv or () if not arg.startswith("-")), None)
+    specs = [COMMANDS[named]] if named in COMMANDS else list(dict.fromkeys(COMMANDS.values()))
+    for spec in specs:
+        module, function = spec.split(":")
+        getattr(importlib.import_module(module), function)(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     try:
         return args.handler(args)
     except PrefectStartError as error:  # one line saying what to set, no traceback
