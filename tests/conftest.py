@@ -1,11 +1,12 @@
 """Shared fixtures: a tiny Llama base model and real PEFT adapters, cached under .cache/; Prefect's
-database migrated once per session."""
+database migrated once per session; a team's adapters on their own formats (`tests.team_fixtures`)."""
 
 from pathlib import Path
 
 import pytest
 
 from flows.prefect_setup import apply_defaults
+from tests.team_fixtures import chatml_lm_fixture, team_fixture  # noqa: F401 - session fixtures, made once
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "test-models"

@@ -96,7 +96,9 @@ def test_accuracy_compares_the_first_token_of_each_choice():
     # choices are tokens 0 and 2 for every example; first positions are rows 0, 2, 3: best choice 2, 0, 2
     task = encoded("accuracy", COUNTS, answers=[1, 0, 0], choice_tokens=[[0, 2]] * 3)
     result = outputs(PROBS, TARGETS, COUNTS)
-    assert choice_verdicts(task, result.log_probs[result.first_positions]).tolist() == [True, True, False]
+    first = result.log_probs[result.first_positions]
+    scores = [row[tokens] for row, tokens in zip(first, task.choice_tokens, strict=True)]
+    assert choice_verdicts(task, scores).tolist() == [True, True, False]
 
 
 def test_token_agreement_counts_positions_with_the_same_argmax():

@@ -32,6 +32,7 @@ from tests.registry_fixtures import (  # noqa: F401
     s3_bucket_fixture,
     s3_endpoint_fixture,
 )
+from tests.team_fixtures import HUB_BASE as TEAM_BASE
 
 HUB_BASE = "acme/tiny-lm"
 
@@ -224,3 +225,24 @@ def test_offline_missing_or_pickled_hub_models_leave_adapters_pending_with_the_r
     unreachable = sync_catalog(prefix="hubcat/")
     assert "hub http://127.0.0.1:9 unreachable" in unreachable["pending_reasons"]["gone-c/1"]
     assert not marker.exists()
+
+
+def test_a_teams_adapters_on_a_hub_base_model_go_through_sync_consolidate_and_current(
+    catalog, fake_hub, chatml_lm, team, tmp_path, monkeypatch, capsys
+):
+    """README's "bring your own adapters": the team's folders as they are, the base model from the hub."""
+    monkeypatch.setenv("HYDRACAT_MODELS_DIR", str(tmp_path / "models"))  # nothing installed by hand
+    fake_hub.add(TEAM_BASE, chatml_lm[2])
+    for name, (folder, _) in team.items():
+        upload(catalog["store"], folder, f"team/{name}/1")
+    assert sync_catalog(prefix="team/")["registered"] == ["fruit/1", "mood/1", "ticket/1"]
+    result = consolidate(base_model=TEAM_BASE, rank=24)  # K = N, r' = Σ r_i: exact, so every gate passes
+    (group,) = result["groups"]
+    assert group["status"] == "published" and group["refined"]
+    rows = {row["task"]: row for row in group["tasks"]}
+    for name in team:  # scored on the team's own prompts: each original is right on its rows
+        assert rows[name]["metric"] == "exact_match" and rows[name]["original"] >= 0.9, rows[name]
+        assert rows[name]["passed"] and rows[name]["retention"] >= 0.97
+    assert hydracat(["registry", "current", "--task", "ticket"]) == 0
+    answer = capsys.readouterr().out
+    assert f"bundle:     {group['bundle_id']}" in answer and f"base model: {TEAM_BASE}" in answer

@@ -189,9 +189,14 @@ def answer_logits(model, sequences: Sequence[list[int]], answer_lengths: Sequenc
 
 @torch.no_grad()
 def run_task(model, tokenizer, encoded: EncodedTask, batch_size: int = 32) -> TaskOutputs:
-    """Teacher-forced log-probabilities at the answer positions and each example's verdict (example order)."""
+    """Teacher-forced log-probabilities at the answer positions and each example's verdict (example order).
+
+    Verdicts are read off the float32 log-probabilities (the kept copy is float16, where near-ties
+    round to equal values)."""
     pad_id = padding_id(tokenizer)
     per_example: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    argmax: dict[int, list[int]] = {}
+    choice_scores: dict[int, torch.Tensor] = {}
     for indices in batches(encoded, batch_size):
         lengths = [encoded.answer_lengths[i] for i in indices]
         logits, targets = answer_logits(model, [encoded.sequences[i] for i in indices], lengths, pad_id)
@@ -200,30 +205,27 @@ def run_task(model, tokenizer, encoded: EncodedTask, batch_size: int = 32) -> Ta
             indices, log_probs.split(lengths), targets.cpu().split(lengths), strict=True
         ):
             per_example[i] = (chunk.half(), target)
-    ordered = [per_example[i] for i in range(len(encoded.sequences))]
-    counts = torch.tensor([len(target) for _, target in ordered])
-    first_positions = torch.cumsum(counts, 0) - counts
-    log_probs = torch.cat([lp for lp, _ in ordered])
+            argmax[i] = chunk.argmax(-1).tolist()
+            choice_scores[i] = chunk[0, encoded.choice_tokens[i]]
+    order = range(len(encoded.sequences))
+    counts = torch.tensor([len(per_example[i][1]) for i in order])
     if encoded.metric == "accuracy":
-        correct = choice_verdicts(encoded, log_probs[first_positions])
+        correct = choice_verdicts(encoded, [choice_scores[i] for i in order])
     else:
-        argmax = [lp.argmax(-1).tolist() for lp, _ in ordered]
-        correct = exact_match_verdicts(model, tokenizer, encoded, argmax)
+        correct = exact_match_verdicts(model, tokenizer, encoded, [argmax[i] for i in order])
     return TaskOutputs(
-        log_probs=log_probs,
-        targets=torch.cat([target for _, target in ordered]),
-        example_of=torch.repeat_interleave(torch.arange(len(ordered)), counts),
-        first_positions=first_positions,
+        log_probs=torch.cat([per_example[i][0] for i in order]),
+        targets=torch.cat([per_example[i][1] for i in order]),
+        example_of=torch.repeat_interleave(torch.arange(len(order)), counts),
+        first_positions=torch.cumsum(counts, 0) - counts,
         correct=correct,
     )
 
 
-def choice_verdicts(encoded: EncodedTask, first: torch.Tensor) -> torch.Tensor:
-    """Per example: does the right choice's first token score highest among the choices' (`first`: the
-    log-probabilities at each example's first answer position)?"""
-    right = []
-    for row, tokens, answer in zip(first.float(), encoded.choice_tokens, encoded.answers, strict=True):
-        right.append(int(row[tokens].argmax()) == answer)
+def choice_verdicts(encoded: EncodedTask, scores: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per example: does the right choice score highest (`scores`: per example, the log-probability of
+    each choice's first token at the first answer position)?"""
+    right = [int(row.argmax()) == answer for row, answer in zip(scores, encoded.answers, strict=True)]
     return torch.tensor(right, dtype=torch.bool)
 
 
