@@ -8,6 +8,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     Dialect,
+    Double,
     Float,
     ForeignKey,
     Integer,
@@ -171,7 +172,7 @@ class Evaluation(Base):
     bundle_id: Mapped[str] = mapped_column(ForeignKey("bundles.id"))
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
     metric: Mapped[str] = mapped_column(String(128))
-    value: Mapped[float]
+    value: Mapped[float] = mapped_column(Double)  # as migration 0001 has it (2.0 maps float to Float)
 
     task: Mapped[Task] = relationship(lazy="joined")
 

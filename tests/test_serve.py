@@ -113,3 +113,18 @@ def test_nightly_runs_consolidate_through_its_own_deployment(served):
     assert child["state"]["type"] == "COMPLETED"
     parent_task = api.get(f"/task_runs/{child['parent_task_run_id']}").json()
     assert parent_task["flow_run_id"] == nightly_run["id"]
+
+
+def test_the_nightly_schedule_puts_its_runs_on_the_calendar(served):
+    """Prefect's scheduler creates the nightly's upcoming runs (it failed on SQLAlchemy 2.1: issue 12)."""
+    api, deployments = served
+    nightly = by_name(deployments)["nightly"]
+
+    def scheduled():
+        runs = api.post("/flow_runs/filter", json={"flow_runs": {"deployment_id": {"any_": [nightly["id"]]}}})
+        return [run for run in runs.json() if run["auto_scheduled"]] or None
+
+    runs = wait_for(scheduled, 90, "the nightly's scheduled runs")
+    assert all(run["state"]["type"] == "SCHEDULED" for run in runs)
+    starts = [run["expected_start_time"] for run in runs]
+    assert all("T02:00:00" in start for start in starts), starts
