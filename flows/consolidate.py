@@ -61,7 +61,7 @@ BaseModelFilter = Annotated[str | None, Field(description="only this base model'
 DryRun = Annotated[bool, Field(description="merge and evaluate, publish nothing")]
 Refine = Annotated[
     bool,
-    Field(description="refine HydraOpt merges on each task's inputs (eval.jsonl rows with split \"train\")"),
+    Field(description='refine HydraOpt merges on each task\'s inputs (eval.jsonl rows with split "train")'),
 ]
 DistillSteps = Annotated[
     int,
@@ -210,7 +210,7 @@ class GroupEvaluator:
         if not self.evaluator:
             self.why_not_refined = "no eval sets or no base model to calibrate on"
         elif uncalibrated:
-            self.why_not_refined = f"no calibration rows (split \"train\") for {uncalibrated}"
+            self.why_not_refined = f'no calibration rows (split "train") for {uncalibrated}'
         else:
             self.why_not_refined = None if refine or distill_steps else "not asked for"
         self.improves = self.why_not_refined is None

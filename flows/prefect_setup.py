@@ -42,9 +42,12 @@ class PrefectStartError(RuntimeError):
 def apply_defaults(extra: Mapping[str, str] = {}, env: MutableMapping[str, str] = os.environ) -> None:
     """Set the project's defaults, and `extra`, for each variable not set yet (the user's value wins).
 
-    Prefect reads its settings when it is imported; if it was, they are read again."""
+    Prefect reads its settings when it is imported; if it was, they are read again. A PREFECT_HOME set
+    here is created with its parents (Prefect creates only the last folder, and warns)."""
     missing = {name: value for name, value in (DEFAULTS | dict(extra)).items() if name not in env}
     env.update(missing)
+    if "PREFECT_HOME" in missing:
+        Path(missing["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     if missing and env is os.environ and "prefect.context" in sys.modules:
         from prefect.context import refresh_global_settings_context
 
@@ -120,7 +123,10 @@ def migrate_database() -> bool:
 
 def start(server: "SubprocessASGIServer") -> None:
     """Start `server` and wait up to the start-up timeout; if it does not answer, stop it and raise
-    PrefectStartError."""
+    PrefectStartError. Prefect's logging is set up first (importing prefect.main does it), so its
+    "Starting temporary server on ..." line shows even when no flow was imported yet."""
+    import prefect.main  # noqa: F401
+
     timeout_s = startup_timeout_s()
     try:
         server.start(timeout=timeout_s)

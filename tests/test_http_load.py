@@ -1,12 +1,17 @@
 """The HTTP API under a paced load while real consolidate runs move aliases, every answer checked
 against the alias history; and the check itself, shown to catch contradicting answers."""
 
+import http.client
+import time
+
+import httpx
 import pytest
 
 from flows.bench.consistency import COMMIT_SLACK_S, Answer, check_answers
 from flows.bench.load import load_under_publishing, run_load, start_api_server
 from flows.processes import stop_process
 from registry.api import Registry
+from registry.db import make_engine, upgrade
 from tests.flow_fixtures import harness_fixture  # noqa: F401
 from tests.registry_fixtures import (  # noqa: F401
     db_url_fixture,
@@ -48,6 +53,23 @@ def test_run_load_checks_through_the_read_endpoints(registry: Registry, db_url, 
     assert report.consistency.alias_moves_in_window == 0  # the moves came before the load
     assert report.by_endpoint["current"]["by_status"]["404"] > 0  # "nope" has no alias, and never had
     assert report.by_endpoint["bundle"]["by_status"] == {"200": report.by_endpoint["bundle"]["n"]}
+
+
+def test_an_idle_connection_outlives_the_clients_idle_expiry(tmp_path):
+    """The server keeps an idle keep-alive connection open past httpx's 5 s expiry, so the client closes
+    it first and never sends on a connection the server is closing (a ReadError under load, before)."""
+    url = f"sqlite:///{tmp_path / 'registry.db'}"  # the HTTP server's setting: one database is enough
+    upgrade(make_engine(url))
+    process, base_url = start_api_server(url, "t0ken", tmp_path / "api.log")
+    connection = http.client.HTTPConnection(base_url.removeprefix("http://"), timeout=10)
+    try:
+        for pause_s in (0.0, httpx.Limits().keepalive_expiry + 1.0):
+            time.sleep(pause_s)
+            connection.request("GET", "/v1/adapters")  # on the same socket, after the pause
+            assert connection.getresponse().read() == b"[]"
+    finally:
+        connection.close()
+        stop_process(process)
 
 
 def stamp(event: dict) -> float:

@@ -35,11 +35,13 @@ def plain_env(**extra: str) -> dict[str, str]:
     return env | extra
 
 
-def test_project_defaults_fill_only_what_the_user_left_unset():
+def test_project_defaults_fill_only_what_the_user_left_unset(tmp_path):
     env = {STARTUP_TIMEOUT: "7"}
-    apply_defaults({"PREFECT_HOME": "/elsewhere"}, env=env)
-    assert env == DEFAULTS | {STARTUP_TIMEOUT: "7", "PREFECT_HOME": "/elsewhere"}
+    home = tmp_path / "new" / "prefect"
+    apply_defaults({"PREFECT_HOME": str(home)}, env=env)
+    assert env == DEFAULTS | {STARTUP_TIMEOUT: "7", "PREFECT_HOME": str(home)}
     assert DEFAULTS[STARTUP_TIMEOUT] == "180"
+    assert home.is_dir()  # with its parents: Prefect would make only the last folder, and warn
 
 
 def test_prefect_reads_the_project_defaults_even_when_imported_first():

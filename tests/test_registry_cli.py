@@ -68,6 +68,7 @@ def test_unknown_task_is_a_one_line_error(url: str, capsys):
 def test_api_command_parses_host_and_port():
     args = parse("api", "--host", "0.0.0.0", "--port", "9001")
     assert (args.host, args.port, args.handler.__name__) == ("0.0.0.0", 9001, "run_api")
+    assert args.keep_alive_s == 75
 
 
 def test_uninitialised_database_is_a_hint_not_a_traceback(tmp_path, capsys):
