@@ -6,6 +6,7 @@ $HYDRACAT_TEST_PG_URL (default: postgres@127.0.0.1:5432/test); each test gets a 
 dropped afterwards, and is skipped with the reason when nothing listens there.
 """
 
+import argparse
 import hashlib
 import os
 import socket
@@ -17,6 +18,7 @@ import pytest
 from sqlalchemy import make_url
 
 from registry.api import Registry
+from registry.cli import add_registry_commands
 from registry.db import make_engine, upgrade
 
 PG_URL = os.environ.get("HYDRACAT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -157,3 +159,18 @@ def s3_bucket_fixture(s3_endpoint: str) -> str:
     bucket = f"test-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
     return bucket
+
+
+def registry_cli_args(*argv: str) -> argparse.Namespace:
+    """`hydracat <argv>` parsed by the registry's commands alone."""
+    parser = argparse.ArgumentParser(prog="hydracat")
+    add_registry_commands(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(argv)
+
+
+def run_registry_cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    """Run `hydracat <argv>` in this process: (exit code, stdout, stderr)."""
+    args = registry_cli_args(*argv)
+    code = args.handler(args)
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -1,14 +1,12 @@
 """Registered base models, aliases and pending adapter versions on SQLite and PostgreSQL, through the
 Python API, the CLI and the HTTP API (one JSON shape)."""
 
-import argparse
 import json
 
 import pytest
 from fastapi.testclient import TestClient
 
 from registry.api import Registry
-from registry.cli import add_registry_commands
 from registry.db import make_engine
 from registry.errors import BaseModelNotFoundError, ConflictError, InvalidRequestError
 from registry.http import create_app
@@ -18,6 +16,8 @@ from tests.registry_fixtures import (  # noqa: F401
     empty_db_url_fixture,
     registry_fixture,
 )
+from tests.registry_fixtures import registry_cli_args as parse
+from tests.registry_fixtures import run_registry_cli as run
 
 SHA = "c" * 40
 TOKEN = "s3cret"
@@ -150,19 +150,6 @@ def test_a_pending_version_says_why_and_is_completed_by_registering_it_again(reg
             quarantine_reason="bad",
             pending_reason="wait",
         )
-
-
-def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="hydracat")
-    add_registry_commands(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(argv)
-
-
-def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
-    args = parse(*argv)
-    code = args.handler(args)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_cli_base_model_add_alias_and_list_round_trip(db_url: str, capsys, monkeypatch, tmp_path):

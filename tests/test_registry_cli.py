@@ -1,27 +1,14 @@
 """Registry CLI commands, run through argparse against a temporary SQLite registry."""
 
-import argparse
 import json
 
 import pytest
 
 from registry.api import Registry
-from registry.cli import add_registry_commands
 from registry.db import make_engine
+from tests.registry_fixtures import registry_cli_args as parse
+from tests.registry_fixtures import run_registry_cli as run
 from tests.registry_fixtures import seed
-
-
-def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="hydracat")
-    add_registry_commands(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(argv)
-
-
-def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
-    args = parse(*argv)
-    code = args.handler(args)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture
