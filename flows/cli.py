@@ -7,7 +7,6 @@ when they do not use them.
 
 import argparse
 import importlib
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -39,7 +38,6 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
     try:

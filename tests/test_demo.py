@@ -31,6 +31,7 @@ def test_demo_publishes_through_the_flows_and_prints_the_registry_answer(tmp_pat
     prefect_database = cache / "prefect" / "prefect.db"
     migrating = run.stderr.index(f"migrating Prefect's database {prefect_database}")
     assert migrating < run.stderr.index("Starting temporary server")  # migrated before the server started
+    assert re.search(r"\d\d:\d\d:\d\d\.\d{3} \| INFO +\| Flow run '[\w-]+' - Beginning flow run", run.stderr)
     assert prefect_database.is_file()
     out = run.stdout
     assert "sync-catalog registered: alpha/1, beta/1, gamma/1" in out
