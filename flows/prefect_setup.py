@@ -16,6 +16,7 @@ import os
 import re
 import sqlite3
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from prefect.server.api.server import SubprocessASGIServer
 
 STARTUP_TIMEOUT = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+TEMPLATE = "hydracat-template.db"
 DEFAULTS = {STARTUP_TIMEOUT: "180", "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
 
@@ -121,6 +123,34 @@ def migrate_database() -> bool:
     return True
 
 
+def copy_database(source: Path, target: Path) -> Path:
+    """A consistent copy of the SQLite database `source` (what its write-ahead log holds included)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        contextlib.closing(sqlite3.connect(source)) as original,
+        contextlib.closing(sqlite3.connect(target)) as copy,
+    ):
+        original.backup(copy)
+    return target
+
+
+def template_database() -> Path:
+    """``$PREFECT_HOME/hydracat-template.db``: an empty Prefect database at the newest migration, made
+    (or brought up to date) here when needed, so that throwaway servers start without migrating."""
+    from prefect.settings import get_current_settings
+
+    template = Path(get_current_settings().home) / TEMPLATE
+    if database_revisions(template) == migration_heads():
+        return template
+    template.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".template-", dir=template.parent) as staging:
+        migrated, copied = Path(staging) / "migrated.db", Path(staging) / "copied.db"
+        with using_database(migrated):
+            migrate_database()
+        os.replace(copy_database(migrated, copied), template)  # whole or not at all, for other processes
+    return template
+
+
 def start(server: "SubprocessASGIServer") -> None:
     """Start `server` and wait up to the start-up timeout; if it does not answer, stop it and raise
     PrefectStartError. Prefect's logging is set up first (importing prefect.main does it), so its
@@ -154,8 +184,9 @@ def ensure_api() -> str | None:
 
 @contextlib.contextmanager
 def temporary_server(database: Path) -> Iterator[str]:
-    """A Prefect server subprocess on a free port over the SQLite file `database` (migrated here first
-    when new or behind), the API of this process while the block runs; yields its API URL.
+    """A Prefect server subprocess on a free port over the SQLite file `database` (a copy of
+    `template_database()` when new, else migrated here first when behind), the API of this process
+    while the block runs; yields its API URL.
 
     What `prefect.testing.utilities.prefect_test_harness` does (Prefect 3.8), on a database of the
     caller's and with the project's start-up timeout."""
@@ -165,6 +196,8 @@ def temporary_server(database: Path) -> Iterator[str]:
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    if not database.exists():
+        copy_database(template_database(), database)
     with using_database(database):
         migrate_database()
         server = SubprocessASGIServer(port=free_port())

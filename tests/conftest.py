@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny Llama base model and real PEFT adapters, cached under .cache/; Prefect's
-database migrated once per session; a team's adapters on their own formats (`tests.team_fixtures`)."""
+database migrated once, kept in .cache/prefect-test; a team's adapters on their own formats
+(`tests.team_fixtures`)."""
 
 from pathlib import Path
 
@@ -14,14 +15,12 @@ apply_defaults({"PREFECT_HOME": str(ROOT / ".cache" / "prefect-test")})  # befor
 
 
 @pytest.fixture(scope="session")
-def prefect_template(tmp_path_factory) -> Path:
-    """Prefect's SQLite database, migrated once per session; each test server starts on a copy."""
-    from flows.prefect_setup import migrate_database, using_database
+def prefect_template() -> Path:
+    """Prefect's SQLite database at the newest migration, kept in PREFECT_HOME (migrated when new or
+    behind); each test server starts on a copy."""
+    from flows.prefect_setup import template_database
 
-    path = tmp_path_factory.mktemp("prefect-template") / "prefect.db"
-    with using_database(path):
-        migrate_database()
-    return path
+    return template_database()
 
 
 @pytest.fixture(scope="session")

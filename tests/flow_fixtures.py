@@ -6,8 +6,6 @@ is registered under its name without `_fixture`.
 """
 
 import shutil
-import sqlite3
-from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -25,17 +23,11 @@ LOSSLESS = {"rank": 6 * RANK}  # K = N heads and r' = Σ r_i: the merge is exact
 SHAPES = llama_attention_shapes(layers=2, hidden=64, kv_out=32)
 
 
-def copy_database(source: Path, target: Path) -> Path:
-    """A consistent copy of the SQLite database `source` (what its write-ahead log holds included)."""
-    with closing(sqlite3.connect(source)) as source_db, closing(sqlite3.connect(target)) as target_db:
-        source_db.backup(target_db)
-    return target
-
-
 @pytest.fixture(scope="module", name="harness")
-def harness_fixture(prefect_template, tmp_path_factory):
-    """A real Prefect server subprocess, the API of this module's flows, on a copy of the template."""
-    with temporary_server(copy_database(prefect_template, tmp_path_factory.mktemp("prefect") / "prefect.db")):
+def harness_fixture(tmp_path_factory):
+    """A real Prefect server subprocess, the API of this module's flows, on a new database (a copy of
+    the migrated template in PREFECT_HOME)."""
+    with temporary_server(tmp_path_factory.mktemp("prefect") / "prefect.db"):
         yield
 
 

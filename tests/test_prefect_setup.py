@@ -20,12 +20,13 @@ from flows.prefect_setup import (
     STARTUP_TIMEOUT,
     PrefectStartError,
     apply_defaults,
+    copy_database,
     database_revisions,
     ensure_api,
     migration_heads,
+    template_database,
     using_database,
 )
-from tests.flow_fixtures import copy_database
 from tests.registry_fixtures import free_port
 
 
@@ -74,6 +75,15 @@ def test_an_empty_prefect_home_is_migrated_before_the_server_starts_and_only_onc
     assert seen_at_start == [migration_heads(), migration_heads()]  # migrated before the first start
     assert first.count(f"migrating Prefect's database {home / 'prefect.db'}") == 1
     assert "migrating" not in second  # up to date: nothing to do
+
+
+def test_throwaway_databases_start_from_the_migrated_template(prefect_template, tmp_path, capsys):
+    """The template in PREFECT_HOME is at the newest migration and is returned as is; a copy of it needs
+    no migration (a throwaway server then starts without 14 s of them)."""
+    assert prefect_template.name == "hydracat-template.db" and prefect_template.parent.name == "prefect-test"
+    assert template_database() == prefect_template
+    assert "migrating" not in capsys.readouterr().err
+    assert database_revisions(copy_database(prefect_template, tmp_path / "new.db")) == migration_heads()
 
 
 def test_an_ephemeral_server_that_does_not_answer_in_time_is_one_line_saying_what_to_set(

@@ -9,6 +9,7 @@ import time
 import httpx
 import pytest
 
+from flows.prefect_setup import copy_database
 from tests.registry_fixtures import free_port
 
 CONSOLIDATE_PARAMETERS = {
@@ -30,8 +31,9 @@ def wait_for(check, timeout_s: float, what: str):
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(tmp_path_factory, prefect_template):
     folder = tmp_path_factory.mktemp("serve")
+    copy_database(prefect_template, folder / "prefect" / "prefect.db")  # migrating: see test_prefect_setup
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "HYDRACAT_"))}
     env |= {
@@ -84,7 +86,13 @@ def test_the_three_deployments_exist_with_parameter_forms_and_the_nightly_schedu
 
 
 def trigger_and_wait(api: httpx.Client, deployment: dict) -> tuple[dict, dict]:
-    response = api.post(f"/deployments/{deployment['id']}/create_flow_run", json={"parameters": {}})
+    """Create a run as Prefect's own client does: a 503 (SQLite busy while the server's services start
+    and write) is retried."""
+    for _ in range(10):
+        response = api.post(f"/deployments/{deployment['id']}/create_flow_run", json={"parameters": {}})
+        if response.status_code != 503:
+            break
+        time.sleep(2.0)
     assert response.status_code in (200, 201), (response.status_code, response.text[-2000:])
     run = response.json()
 
