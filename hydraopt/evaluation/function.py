@@ -194,9 +194,9 @@ def run_task(model, tokenizer, encoded: EncodedTask, batch_size: int = 32) -> Ta
     Verdicts are read off the float32 log-probabilities (the kept copy is float16, where near-ties
     round to equal values)."""
     pad_id = padding_id(tokenizer)
+    accuracy = encoded.metric == "accuracy"
     per_example: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    argmax: dict[int, list[int]] = {}
-    choice_scores: dict[int, torch.Tensor] = {}
+    evidence: dict[int, torch.Tensor | list[int]] = {}  # what the metric's verdict reads, per example
     for indices in batches(encoded, batch_size):
         lengths = [encoded.answer_lengths[i] for i in indices]
         logits, targets = answer_logits(model, [encoded.sequences[i] for i in indices], lengths, pad_id)
@@ -205,14 +205,14 @@ def run_task(model, tokenizer, encoded: EncodedTask, batch_size: int = 32) -> Ta
             indices, log_probs.split(lengths), targets.cpu().split(lengths), strict=True
         ):
             per_example[i] = (chunk.half(), target)
-            argmax[i] = chunk.argmax(-1).tolist()
-            choice_scores[i] = chunk[0, encoded.choice_tokens[i]]
+            evidence[i] = chunk[0, encoded.choice_tokens[i]] if accuracy else chunk.argmax(-1).tolist()
     order = range(len(encoded.sequences))
     counts = torch.tensor([len(per_example[i][1]) for i in order])
-    if encoded.metric == "accuracy":
-        correct = choice_verdicts(encoded, [choice_scores[i] for i in order])
+    read = [evidence[i] for i in order]
+    if accuracy:
+        correct = choice_verdicts(encoded, read)
     else:
-        correct = exact_match_verdicts(model, tokenizer, encoded, [argmax[i] for i in order])
+        correct = exact_match_verdicts(model, tokenizer, encoded, read)
     return TaskOutputs(
         log_probs=torch.cat([per_example[i][0] for i in order]),
         targets=torch.cat([per_example[i][1] for i in order]),
