@@ -32,16 +32,20 @@ from flows.resources import open_registry, transient_error
 from hydraopt.adapter import Adapter
 from hydraopt.errors import HubUnavailableError, HydraoptError
 from hydraopt.evaluation.suite import read_task_jsonl
-from hydraopt.formats.bundle import check_task_name
 from hydraopt.formats.hub import parse_hub_uri
+from hydraopt.formats.layout import (
+    ADAPTERS_PREFIX,
+    EVAL_FILE,
+    PEFT_FILES,
+    SOURCE_FILE,
+    adapter_key,
+    check_task_name,
+)
 from hydraopt.formats.peft_lora import load_adapter
 from registry.api import Registry
 from registry.store import ObjectStore
 from registry.store.base import InvalidKeyError, validate_key
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-EVAL_FILE = "eval.jsonl"
-SOURCE_FILE = "source.json"
 MAX_SOURCE_BYTES = 4096
 UNKNOWN = "unknown"  # the base model of a folder that could not be read
 RETRIES = dict(retries=3, retry_delay_seconds=[1, 4, 16], retry_condition_fn=transient_error)
@@ -83,7 +87,7 @@ def find_adapter_folders(keys: list[str], prefix: str) -> tuple[list[AdapterFold
         name, version, file = parts
         folders.setdefault((name, version), []).append(file)
     found = [
-        AdapterFolder(name, version, f"{root}{name}/{version}", tuple(sorted(files)))
+        AdapterFolder(name, version, adapter_key(name, version, prefix), tuple(sorted(files)))
         for (name, version), files in sorted(folders.items())
     ]
     return found, refused
@@ -94,7 +98,7 @@ def download_folder(store: ObjectStore, folder: AdapterFolder, into: Path) -> Pa
     local = into / folder.name
     local.mkdir(parents=True, exist_ok=True)
     for file in folder.files:
-        if file in (*ADAPTER_FILES, EVAL_FILE, SOURCE_FILE):
+        if file in (*PEFT_FILES, EVAL_FILE, SOURCE_FILE):
             store.download(f"{folder.key}/{file}", local / file)
     return local
 
@@ -144,7 +148,7 @@ def read_folder(folder: AdapterFolder, local: Path) -> tuple[Adapter, str | None
         raise HydraoptError(f"pickle files are never loaded: {', '.join(pickles)}")
     hub_uri = None
     if SOURCE_FILE in folder.files:
-        beside = [file for file in (*ADAPTER_FILES, EVAL_FILE) if file in folder.files]
+        beside = [file for file in (*PEFT_FILES, EVAL_FILE) if file in folder.files]
         if beside:
             raise HydraoptError(
                 f"{SOURCE_FILE} names a hub adapter, {', '.join(beside)} beside it would not be used"
@@ -156,7 +160,7 @@ def read_folder(folder: AdapterFolder, local: Path) -> tuple[Adapter, str | None
             raise Pending(f"adapter repo {exc}") from exc
         local, hub_uri = found.folder, found.uri
     else:
-        missing = [file for file in ADAPTER_FILES if file not in folder.files]
+        missing = [file for file in PEFT_FILES if file not in folder.files]
         if missing:
             raise HydraoptError(f"missing {', '.join(missing)}")
     adapter = load_adapter(local, task=folder.name)
@@ -291,7 +295,7 @@ def keep_pending(registry: Registry, row: dict, reason: str) -> dict:
 
 
 @flow(name="sync-catalog")
-def sync_catalog(prefix: str = "adapters/") -> dict:
+def sync_catalog(prefix: str = ADAPTERS_PREFIX) -> dict:
     """Register the bucket's new adapter folders under `prefix`, quarantine invalid ones, and
     register the pending ones whose base model resolves now."""
     logger = get_run_logger()

@@ -1,14 +1,17 @@
 """The `hydracat` command: one subcommand per job, each a thin wrapper over a library function.
 
-Each command's module is imported only when that command runs (or for the full `--help`), so
-`hydracat registry current` or `hydracat merge` do not pay for Prefect, the benchmarks or torch
-when they do not use them.
+The product's commands are listed here; other packages add theirs through the entry-point group
+`hydracat.commands` (name = command, value = "module:function" that adds its parser): the
+benchmarks and the demo (`bench/`) come in that way, so nothing here imports them. Each command's
+module is imported only when that command runs (or for the full `--help`), so `hydracat registry
+current` or `hydracat merge` do not pay for Prefect, the benchmarks or torch when they do not use them.
 """
 
 import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 
 from flows.prefect_setup import PrefectStartError
 
@@ -17,10 +20,15 @@ COMMANDS = {
     "merge": "hydraopt.cli:add_merge_command",
     "registry": "registry.cli:add_registry_commands",
     "api": "registry.cli:add_registry_commands",
-    "bench": "flows.bench:add_bench_command",
-    "demo": "flows.demo:add_demo_command",
     "serve": "flows.serve:add_serve_command",
 }
+PLUGIN_GROUP = "hydracat.commands"
+
+
+def commands() -> dict[str, str]:
+    """The product's commands, then those installed packages add (a product command is never replaced)."""
+    plugins = {point.name: point.value for point in entry_points(group=PLUGIN_GROUP)}
+    return COMMANDS | {name: spec for name, spec in plugins.items() if name not in COMMANDS}
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
@@ -29,8 +37,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         prog="hydracat", description="A LoRA adapter catalog that consolidates itself."
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
+    known = commands()
     named = next((arg for arg in argv or () if not arg.startswith("-")), None)
-    specs = [COMMANDS[named]] if named in COMMANDS else list(dict.fromkeys(COMMANDS.values()))
+    specs = [known[named]] if named in known else list(dict.fromkeys(known.values()))
     for spec in specs:
         module, function = spec.split(":")
         getattr(importlib.import_module(module), function)(subparsers)

@@ -37,13 +37,14 @@ from flows.catalog import ADAPTER_FILES, EVAL_FILE, RETRIES
 from flows.locks import group_lock
 from flows.model_sources import BaseModelUnavailable, hub_adapter, resolve_base_model
 from flows.resources import open_registry
-from flows.settings import FlowSettings, model_folder_name
+from flows.settings import FlowSettings
 from hydraopt.adapter import Adapter
 from hydraopt.evaluation import Evaluator, Gate, TaskScore, auto_hydraopt
 from hydraopt.evaluation.activations import input_statistics
 from hydraopt.evaluation.distillation import References, distill, references
 from hydraopt.evaluation.suite import TaskSet, read_task_jsonl
 from hydraopt.formats.bundle import write_bundle
+from hydraopt.formats.layout import MANIFEST_FILE, bundle_key, model_slug
 from hydraopt.formats.peft_lora import load_adapter
 from hydraopt.merge import MergeResult, merge_adapters
 from hydraopt.metrics import reconstruction_errors
@@ -131,7 +132,7 @@ def group_label(adapter: Adapter) -> str:
     digest = hashlib.sha256(
         repr((key.base_model, key.revision, key.adapter_type, sorted(key.modules))).encode()
     )
-    return f"{model_folder_name(adapter.base_model)}-{digest.hexdigest()[:8]}".lower()
+    return f"{model_slug(adapter.base_model)}-{digest.hexdigest()[:8]}".lower()
 
 
 def requested_params(method: str, heads: int | None, rank: int | None) -> dict:
@@ -269,7 +270,7 @@ def _restrict(result: MergeResult, tasks: list[str]) -> MergeResult:
 def upload_bundle(registry: Registry, folder: Path, key: str) -> str:
     """Every file of the bundle folder under `key`, manifest.json last; returns the bundle URI."""
     files = sorted(p for p in folder.rglob("*") if p.is_file())
-    files.sort(key=lambda p: p.name == "manifest.json")
+    files.sort(key=lambda p: p.name == MANIFEST_FILE)
     for path in files:
         registry.store.put_file(f"{key}/{path.relative_to(folder).as_posix()}", path)
     return registry.store.uri_for(key)
@@ -388,7 +389,7 @@ def consolidate_group(
                 metrics=metrics_of(scores, evaluate.originals, decision),
                 extra=extra,
             )
-            key = f"bundles/{model_folder_name(members[0].base_model)}/{manifest['bundle_id']}"
+            key = bundle_key(members[0].base_model, manifest["bundle_id"])
             uri = publish_objects(Path(tmp) / "bundle", key)
         published = publish_records(manifest, uri, flow_run_id)
         logger.info(

@@ -23,9 +23,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from flows.settings import FlowSettings, model_folder_name
+from flows.settings import FlowSettings
 from hydraopt.errors import HubUnavailableError, HydraoptError
-from hydraopt.formats.hub import HubAccess, Snapshot, is_pickle, is_plain_file_name, is_repo_id, snapshot
+from hydraopt.formats.hub import HubAccess, Snapshot, is_pickle, is_plain_file_name, snapshot
+from hydraopt.formats.layout import is_repo_id, model_slug
 from hydraopt.formats.peft_lora import download_hub_adapter
 from registry.api import Registry
 from registry.errors import ConflictError
@@ -113,7 +114,7 @@ def hub_model(repo: str, revision: str | None, registered: str | None = None) ->
 
 def legacy_folder(name: str) -> Path | None:
     """HYDRACAT_MODELS_DIR/<name with / as -->, or None when that is no safe folder name."""
-    folder = model_folder_name(name)
+    folder = model_slug(name)
     if not FOLDER_NAME.fullmatch(folder) or ".." in folder:
         return None
     return FlowSettings.from_env().models_dir / folder

@@ -4,6 +4,8 @@ import os
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 
@@ -27,21 +29,25 @@ def wait_until_answering(
 ) -> subprocess.Popen:
     """Return `process` once GET `url` answers 200; stop it and raise RuntimeError if it exits,
     TimeoutError if it does not answer within `timeout_s`."""
-    import httpx
-
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             output = process.stderr.read()[-2000:] if process.stderr else ""
             raise RuntimeError(f"{what} exited with status {process.returncode}: {output}".rstrip(": "))
-        try:
-            if httpx.get(url, timeout=2.0).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
+        if answers_ok(url):
+            return process
         time.sleep(poll_s)
     stop_process(process)
     raise TimeoutError(f"{what} did not answer at {url} within {timeout_s:.0f} s")
+
+
+def answers_ok(url: str, timeout_s: float = 2.0) -> bool:
+    """Whether GET `url` answers 200 now (no answer, an error status or a refused connection: False)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def stop_process(process: subprocess.Popen, timeout_s: float = 20.0) -> None:

@@ -33,8 +33,3 @@ class FlowSettings:
             work_dir=Path(env.get("HYDRACAT_WORK_DIR") or folder / "work"),
             device=env.get("HYDRACAT_DEVICE") or None,
         )
-
-
-def model_folder_name(base_model: str) -> str:
-    """`org/name` -> `org--name`: the folder of a base model under HYDRACAT_MODELS_DIR."""
-    return base_model.replace("/", "--")

@@ -22,6 +22,7 @@ from sqlalchemy import Engine, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from hydraopt.formats.layout import MANIFEST_FILE
 from registry.db import WRITE_LOCK, make_engine, session_factory
 from registry.errors import (
     AdapterNotFoundError,
@@ -53,7 +54,6 @@ from registry.settings import Settings
 from registry.store import ObjectStore, open_store
 
 T = TypeVar("T")
-MANIFEST_NAME = "manifest.json"
 
 # Built once: constructing this select costs as much as running it.
 CURRENT_BUNDLE_QUERY = (
@@ -326,9 +326,9 @@ class Registry:
 
     def _check_published(self, uri: str) -> None:
         key = self.store.key_for(uri) if self.store is not None else None
-        if key is not None and not self.store.exists(f"{key}/{MANIFEST_NAME}"):
+        if key is not None and not self.store.exists(f"{key}/{MANIFEST_FILE}"):
             raise InvalidRequestError(
-                f"no {MANIFEST_NAME} at {uri}: write the bundle objects before recording it"
+                f"no {MANIFEST_FILE} at {uri}: write the bundle objects before recording it"
             )
 
     def get_bundle(self, bundle_id: str) -> dict:

@@ -7,12 +7,11 @@ could escape a folder or a URL: no control characters, `..`, empty segments or s
 import re
 import unicodedata
 
+from hydraopt.formats.layout import SEGMENT, is_repo_id, is_revision
 from registry.errors import InvalidRequestError
 from registry.models import SOURCE_KINDS
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
-REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
-REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,254}$")
+NAME = re.compile(rf"^{SEGMENT}(/{SEGMENT})?$")
 URI_SCHEMES = ("s3://", "file://")
 MAX_ALIAS = 1024
 
@@ -25,7 +24,7 @@ def check_name(name: str) -> str:
 
 
 def check_revision(revision: str) -> str:
-    if not REVISION.fullmatch(revision) or ".." in revision or "//" in revision or revision.endswith("/"):
+    if not is_revision(revision):
         raise InvalidRequestError(
             f"revision {revision!r}: expected a branch, tag or commit (letters, digits, ._-/)"
         )
@@ -37,7 +36,7 @@ def check_location(kind: str, location: str) -> str:
     if kind not in SOURCE_KINDS:
         raise InvalidRequestError(f"kind must be one of {', '.join(SOURCE_KINDS)}, not {kind!r}")
     _printable(location, "location")
-    if kind == "hub" and (not REPO.fullmatch(location) or "--" in location or ".." in location):
+    if kind == "hub" and not is_repo_id(location):
         raise InvalidRequestError(f"hub repo {location!r}: expected org/name")
     if kind == "path" and not location.startswith("/"):
         raise InvalidRequestError(f"path {location!r}: expected an absolute folder path")

@@ -25,7 +25,7 @@ def prefect_template() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_base() -> Path:
-    from flows.synthetic import build_tiny_base
+    from bench.synthetic import build_tiny_base
 
     return build_tiny_base(CACHE / "tiny-llama")
 
@@ -33,7 +33,7 @@ def tiny_base() -> Path:
 @pytest.fixture(scope="session")
 def peft_adapters(tiny_base: Path) -> list[Path]:
     """Four real PEFT LoRAs on the tiny base, mixed ranks (4, 4, 8, 2)."""
-    from flows.synthetic import make_peft_adapter
+    from bench.synthetic import make_peft_adapter
 
     ranks = [4, 4, 8, 2]
     return [
@@ -44,8 +44,8 @@ def peft_adapters(tiny_base: Path) -> list[Path]:
 
 @pytest.fixture(scope="session")
 def tiny_tasks():
-    """Three tasks whose answer is fixed per task (see `flows.synthetic.tiny_tasks`)."""
-    from flows.synthetic import tiny_tasks
+    """Three tasks whose answer is fixed per task (see `bench.synthetic.tiny_tasks`)."""
+    from bench.synthetic import tiny_tasks
 
     return tiny_tasks()
 
@@ -53,8 +53,8 @@ def tiny_tasks():
 @pytest.fixture(scope="session")
 def tiny_lm(tiny_tasks):
     """(model, tokenizer): a tiny random Llama with a word-level tokenizer over the tiny tasks."""
+    from bench.synthetic import build_tiny_lm
     from flows.base_models import load_causal_lm
-    from flows.synthetic import build_tiny_lm
 
     return load_causal_lm(build_tiny_lm(CACHE / "tiny-lm", tiny_tasks))
 
@@ -62,8 +62,8 @@ def tiny_lm(tiny_tasks):
 @pytest.fixture(scope="session")
 def tiny_task_adapters(tiny_lm, tiny_tasks) -> list[Path]:
     """One trained PEFT LoRA per tiny task (same A init), cached."""
-    from flows.synthetic import TINY_TRAINING
-    from flows.training import train_lora
+    from bench.synthetic import TINY_TRAINING
+    from bench.training import train_lora
 
     model, tokenizer = tiny_lm
     config = TINY_TRAINING

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.synthetic import llama_attention_shapes, write_random_lora
 from flows.prefect_setup import temporary_server
-from flows.synthetic import llama_attention_shapes, write_random_lora
 from hydraopt.evaluation.suite import write_task_jsonl
 from registry.api import Registry
 from registry.db import make_engine

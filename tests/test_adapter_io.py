@@ -11,7 +11,7 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
 from transformers import LlamaForCausalLM
 
-from flows.synthetic import make_peft_adapter
+from bench.synthetic import make_peft_adapter
 from hydraopt.adapter import check_mergeable
 from hydraopt.errors import (
     CorruptAdapterError,

@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from flows.bench.bad_inputs import refusal_matches, write_bad_adapters
+from bench.bad_inputs import refusal_matches, write_bad_adapters
 
 
 @pytest.fixture(scope="module")

@@ -92,7 +92,7 @@ def test_auto_uses_the_sweep_grid(run):
 
 
 def test_a_target_whose_settings_were_not_swept_is_not_applicable():
-    from flows.bench.quality import targets
+    from bench.quality import targets
 
     def row(name, method, heads, rank, storage, mean, low, publish):
         return {"name": name, "method": method, "heads": heads, "rank": rank, "storage_ratio": storage,

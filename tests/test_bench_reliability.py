@@ -5,8 +5,8 @@ import json
 import subprocess
 import sys
 
-from flows.bench.bad_inputs import BAD_KEYS, corrupt_cases
-from flows.bench.reliability import SCENARIOS, TASKS
+from bench.bad_inputs import BAD_KEYS, corrupt_cases
+from bench.reliability import SCENARIOS, TASKS
 
 LOAD_SECONDS, RATE = 4, 50
 

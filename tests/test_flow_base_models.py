@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from flows.bench.bad_inputs import FileCreator
+from bench.bad_inputs import FileCreator
+from bench.synthetic import write_random_lora
 from flows.catalog import sync_catalog
 from flows.cli import main as hydracat
 from flows.consolidate import consolidate
-from flows.synthetic import write_random_lora
 from tests.fake_hub import FakeHub
 from tests.flow_fixtures import (  # noqa: F401
     LOSSLESS,

@@ -5,7 +5,7 @@ completes or fails with nothing half-done, and the rerun completes; `audit` find
 import pytest
 
 import flows.consolidate
-from flows.bench.faults import (
+from bench.faults import (
     audit,
     db_connection_dropped,
     disk_full,

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.synthetic import write_random_lora
 from flows.catalog import sync_catalog
 from flows.consolidate import consolidate
 from flows.nightly import nightly
-from flows.synthetic import write_random_lora
 from registry.store.s3 import S3Store
 from tests.flow_fixtures import (  # noqa: F401
     BASE_B,
@@ -97,7 +97,7 @@ def test_sync_quarantines_the_bad_input_corpus_and_still_registers_the_rest(
 ):
     import boto3
 
-    from flows.bench.bad_inputs import BAD_KEYS, refusal_matches, write_bad_adapters
+    from bench.bad_inputs import BAD_KEYS, refusal_matches, write_bad_adapters
 
     registry, store = catalog["registry"], catalog["store"]
     marker = tmp_path / "PWNED"

@@ -7,8 +7,8 @@ import time
 import httpx
 import pytest
 
-from flows.bench.consistency import COMMIT_SLACK_S, Answer, check_answers
-from flows.bench.load import load_under_publishing, run_load, start_api_server
+from bench.consistency import COMMIT_SLACK_S, Answer, check_answers
+from bench.load import load_under_publishing, run_load, start_api_server
 from flows.processes import stop_process
 from registry.api import Registry
 from registry.db import make_engine, upgrade
@@ -73,7 +73,7 @@ def test_an_idle_connection_outlives_the_clients_idle_expiry(tmp_path):
 
 
 def stamp(event: dict) -> float:
-    from flows.bench.consistency import epoch
+    from bench.consistency import epoch
 
     return epoch(event["created_at"])
 

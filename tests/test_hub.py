@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.bench.bad_inputs import FileCreator
+from bench.bad_inputs import FileCreator
 from hydraopt.errors import HubUnavailableError, HydraoptError, UnsafeFormatError
 from hydraopt.formats.hub import HubAccess, snapshot
 from hydraopt.formats.peft_lora import load_adapter

@@ -27,7 +27,7 @@ from hydraopt.evaluation.suite import (
     write_suite,
     write_task_jsonl,
 )
-from hydraopt.formats.bundle import check_task_name
+from hydraopt.formats.layout import check_task_name
 
 NAMES = [
     "number_words",

@@ -30,7 +30,7 @@ from itertools import islice, zip_longest
 from pathlib import Path
 
 from hydraopt.errors import BundleError, HydraoptError
-from hydraopt.formats.bundle import check_task_name
+from hydraopt.formats.layout import check_task_name
 
 METRICS = ("exact_match", "accuracy")
 SPLITS = ("train", "eval")

@@ -11,7 +11,6 @@ written into a temporary sibling folder that is renamed into place last.
 
 import hashlib
 import json
-import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -26,15 +25,13 @@ from safetensors.torch import save_file
 from hydraopt.adapter import Adapter
 from hydraopt.errors import BundleError
 from hydraopt.factors import SharedLowRank
+from hydraopt.formats.layout import BUNDLE_TENSORS_FILE, MANIFEST_FILE, check_task_name, task_folder
 from hydraopt.formats.peft_lora import write_peft_lora
 from hydraopt.formats.safetensors_io import read_safetensors
 from hydraopt.merge import MergeResult
 from hydraopt.storage import storage_report
 
 SCHEMA_VERSION = 1
-MANIFEST_NAME = "manifest.json"
-TENSORS_NAME = "bundle.safetensors"
-TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def code_version() -> str:
@@ -42,13 +39,6 @@ def code_version() -> str:
         return version("hydracat")
     except PackageNotFoundError:
         return "unknown"
-
-
-def check_task_name(task: str) -> str:
-    """Task names become folder names: letters, digits, '.', '_', '-' only."""
-    if not TASK_NAME.match(task) or ".." in task:
-        raise BundleError(f"task name {task!r} is not a safe folder name (letters, digits, . _ -)")
-    return task
 
 
 def compute_bundle_id(members: Sequence[tuple[str, str]], method: str, params: dict) -> str:
@@ -119,7 +109,7 @@ def write_bundle(
     out_dir = Path(out_dir)
     manifest = build_manifest(adapters, result, metrics, extra)
     if out_dir.exists() and any(out_dir.iterdir()):
-        existing = out_dir / MANIFEST_NAME
+        existing = out_dir / MANIFEST_FILE
         if existing.is_file() and json.loads(existing.read_text())["bundle_id"] == manifest["bundle_id"]:
             return json.loads(existing.read_text())
         raise BundleError(
@@ -128,13 +118,13 @@ def write_bundle(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        save_file(bundle_tensors(result), str(staging / TENSORS_NAME), metadata={"format": "pt"})
+        save_file(bundle_tensors(result), str(staging / BUNDLE_TENSORS_FILE), metadata={"format": "pt"})
         template = adapters[0].config
         for task, head in result.assignment.items():
             modules = {m: (s.A, s.B[head]) for m, s in result.modules.items()}
-            write_peft_lora(staging / "tasks" / task, modules, result.rank, template, result.dtype)
-        manifest["storage"]["bundle_file_bytes"] = (staging / TENSORS_NAME).stat().st_size
-        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            write_peft_lora(staging / task_folder(task), modules, result.rank, template, result.dtype)
+        manifest["storage"]["bundle_file_bytes"] = (staging / BUNDLE_TENSORS_FILE).stat().st_size
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         if out_dir.exists():
             out_dir.rmdir()
         staging.rename(out_dir)
@@ -153,7 +143,7 @@ class Bundle:
     modules: dict[str, SharedLowRank]
 
     def task_adapter_path(self, task: str) -> Path:
-        return self.path / "tasks" / check_task_name(task)
+        return self.path / task_folder(task)
 
     def head_of(self, task: str) -> int:
         for member in self.manifest["members"]:
@@ -166,14 +156,14 @@ def read_bundle(folder: str | Path) -> Bundle:
     """Read and cross-check a bundle folder written by `write_bundle`."""
     folder = Path(folder)
     try:
-        manifest = json.loads((folder / MANIFEST_NAME).read_text())
+        manifest = json.loads((folder / MANIFEST_FILE).read_text())
     except FileNotFoundError:
-        raise BundleError(f"{folder}: no {MANIFEST_NAME}; not a bundle") from None
+        raise BundleError(f"{folder}: no {MANIFEST_FILE}; not a bundle") from None
     except json.JSONDecodeError as exc:
-        raise BundleError(f"{folder / MANIFEST_NAME}: not valid JSON ({exc})") from None
+        raise BundleError(f"{folder / MANIFEST_FILE}: not valid JSON ({exc})") from None
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise BundleError(f"{folder}: unsupported bundle schema {manifest.get('schema_version')!r}")
-    tensors, _ = read_safetensors(folder / TENSORS_NAME)
+    tensors, _ = read_safetensors(folder / BUNDLE_TENSORS_FILE)
     heads = manifest["heads"]
     modules = {}
     for key in tensors:

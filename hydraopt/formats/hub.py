@@ -15,18 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hydraopt.errors import HubUnavailableError, HydraoptError, UnsafeFormatError
+from hydraopt.formats.layout import is_repo_id, is_revision
 from hydraopt.formats.safetensors_io import PICKLE_SUFFIXES
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
-REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
-REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,254}$")
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
 FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
-
-
-def is_repo_id(text: str) -> bool:
-    """`org/name` as the hub spells repo ids (no `--` or `..`, no trailing `.git`)."""
-    return bool(REPO_ID.fullmatch(text)) and not ("--" in text or ".." in text or text.endswith(".git"))
 
 
 def check_repo_id(repo: str) -> str:
@@ -36,8 +30,7 @@ def check_repo_id(repo: str) -> str:
 
 
 def check_revision(revision: str) -> str:
-    """A branch, tag or commit: letters, digits, . _ - /, no `..` or empty path segment."""
-    if not REVISION.fullmatch(revision) or ".." in revision or "//" in revision or revision.endswith("/"):
+    if not is_revision(revision):
         raise HydraoptError(f"{revision!r} is not a valid hub revision")
     return revision
 

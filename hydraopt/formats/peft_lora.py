@@ -18,10 +18,9 @@ from hydraopt.adapter import Adapter
 from hydraopt.errors import CorruptAdapterError, UnsafeFormatError, UnsupportedFeatureError
 from hydraopt.factors import LoraDelta
 from hydraopt.formats.hub import HubAccess, Snapshot, parse_hub_uri, snapshot
+from hydraopt.formats.layout import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, PEFT_FILES
 from hydraopt.formats.safetensors_io import PICKLE_SUFFIXES, read_safetensors
 
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
 LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>A|B)(?:\.(?P<adapter>[^.]+))?\.weight$")
 UNSUPPORTED_KEYS = {
@@ -42,11 +41,11 @@ def pattern_value(patterns: dict, module: str, default: float) -> float:
 
 def read_config(folder: Path) -> dict:
     """Parse and sanity-check adapter_config.json."""
-    path = folder / CONFIG_NAME
+    path = folder / ADAPTER_CONFIG_FILE
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CorruptAdapterError(f"{folder}: no {CONFIG_NAME}; not a PEFT adapter folder") from None
+        raise CorruptAdapterError(f"{folder}: no {ADAPTER_CONFIG_FILE}; not a PEFT adapter folder") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CorruptAdapterError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(config, dict):
@@ -95,16 +94,16 @@ def adapter_digest(config: dict, weights: bytes) -> str:
 
 def find_weights(folder: Path) -> Path:
     """The safetensors weights file; refuses folders that only hold pickle checkpoints."""
-    weights = folder / WEIGHTS_NAME
+    weights = folder / ADAPTER_WEIGHTS_FILE
     if weights.is_file():
         return weights
     pickled = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
     if pickled:
         raise UnsafeFormatError(
             f"{folder / pickled[0]}: pickle-based checkpoints are never loaded (unpickling runs "
-            f"code); provide {WEIGHTS_NAME}"
+            f"code); provide {ADAPTER_WEIGHTS_FILE}"
         )
-    raise CorruptAdapterError(f"{folder}: no {WEIGHTS_NAME}")
+    raise CorruptAdapterError(f"{folder}: no {ADAPTER_WEIGHTS_FILE}")
 
 
 def split_factors(tensors: dict[str, torch.Tensor], origin: str) -> tuple[dict, list[str]]:
@@ -200,14 +199,14 @@ def download_hub_adapter(uri: str, access: HubAccess, extra_files: tuple[str, ..
     `hydraopt.formats.hub`). A repo with only pickle weights is refused.
     """
     repo, revision = parse_hub_uri(uri)
-    found = snapshot(repo, revision, {CONFIG_NAME, WEIGHTS_NAME, *extra_files}.__contains__, access)
-    if WEIGHTS_NAME not in found.files and found.pickles:
+    found = snapshot(repo, revision, {*PEFT_FILES, *extra_files}.__contains__, access)
+    if ADAPTER_WEIGHTS_FILE not in found.files and found.pickles:
         raise UnsafeFormatError(
             f"{found.uri}: only pickle-based weights ({', '.join(found.pickles)}); they are never "
-            f"loaded (unpickling runs code), provide {WEIGHTS_NAME}"
+            f"loaded (unpickling runs code), provide {ADAPTER_WEIGHTS_FILE}"
         )
-    if CONFIG_NAME not in found.files:
-        raise CorruptAdapterError(f"{found.uri}: no {CONFIG_NAME}; not a PEFT adapter repo")
+    if ADAPTER_CONFIG_FILE not in found.files:
+        raise CorruptAdapterError(f"{found.uri}: no {ADAPTER_CONFIG_FILE}; not a PEFT adapter repo")
     return found
 
 
@@ -230,9 +229,9 @@ def write_peft_lora(
         peft_type="LORA", r=rank, lora_alpha=rank, lora_dropout=0.0, bias="none", use_rslora=False,
         use_dora=False, rank_pattern={}, alpha_pattern={}, inference_mode=True,
     )  # fmt: skip
-    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (folder / ADAPTER_CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     tensors = {}
     for module, (a, b) in modules.items():
         tensors[f"{PEFT_PREFIX}{module}.lora_A.weight"] = a.to(dtype).contiguous()
         tensors[f"{PEFT_PREFIX}{module}.lora_B.weight"] = b.to(dtype).contiguous()
-    save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+    save_file(tensors, str(folder / ADAPTER_WEIGHTS_FILE), metadata={"format": "pt"})

@@ -1,15 +1,22 @@
-"""One flat registry of merge methods (mergekit style): name -> MergeMethod."""
+"""One flat registry of merge methods (mergekit style): name -> MergeMethod.
+
+A method is one module defining a `MergeMethod` (typed params + pure functions) and one line below.
+"""
 
 from hydraopt.methods.base import MergeMethod
+from hydraopt.methods.hydraopt import HYDRAOPT
+from hydraopt.methods.task_arithmetic import DARE_LINEAR, DARE_TIES, TASK_ARITHMETIC, TIES
 
-METHODS: dict[str, MergeMethod] = {}
-
-
-def register(method: MergeMethod) -> MergeMethod:
-    if method.name in METHODS:
-        raise ValueError(f"merge method {method.name!r} is registered twice")
-    METHODS[method.name] = method
-    return method
+METHODS: dict[str, MergeMethod] = {
+    method.name: method
+    for method in (
+        HYDRAOPT,
+        TASK_ARITHMETIC,
+        TIES,
+        DARE_LINEAR,
+        DARE_TIES,
+    )
+}
 
 
 def get_method(name: str) -> MergeMethod:
@@ -17,7 +24,3 @@ def get_method(name: str) -> MergeMethod:
         return METHODS[name]
     except KeyError:
         raise ValueError(f"unknown merge method {name!r}; known: {sorted(METHODS)}") from None
-
-
-# Importing the method modules registers them.
-from hydraopt.methods import hydraopt, task_arithmetic  # noqa: E402, F401

@@ -15,7 +15,6 @@ import torch
 
 from hydraopt.adapter import Adapter
 from hydraopt.factors import LoraDelta, SharedLowRank, pad_rank, squared_norm
-from hydraopt.methods import register
 from hydraopt.methods.base import MergeMethod
 
 
@@ -189,12 +188,10 @@ def assign(adapters: Sequence[Adapter], params: HydraOptParams) -> list[int]:
     return cluster_tasks(task_gram(adapters), heads, params.seed)
 
 
-register(
-    MergeMethod(
-        name="hydraopt",
-        params_type=HydraOptParams,
-        merge_module=merge_module,
-        assign=assign,
-        description="shared A' + K heads B', closed form (HydraOpt, data-free)",
-    )
+HYDRAOPT = MergeMethod(
+    name="hydraopt",
+    params_type=HydraOptParams,
+    merge_module=merge_module,
+    assign=assign,
+    description="shared A' + K heads B', closed form (HydraOpt, data-free)",
 )

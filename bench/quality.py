@@ -30,8 +30,9 @@ from pathlib import Path
 
 import torch
 
-from flows.base_models import SMOLLM2_NAME, load_causal_lm, smollm2_folder
-from flows.training import TRAINING_FILE, TrainingConfig, train_lora_with_bar
+from bench.smollm2 import SMOLLM2_NAME, smollm2_folder
+from bench.training import TRAINING_FILE, TrainingConfig, train_lora_with_bar
+from flows.base_models import load_causal_lm
 from hydraopt.adapter import Adapter
 from hydraopt.evaluation import (
     Evaluator,
@@ -77,7 +78,7 @@ def load_base(cache: Path, base: str):
         log(f"NOTICE: {notice}")
     else:
         notice = "tiny random model asked for: the numbers only show that the pipeline runs"
-    from flows.synthetic import build_tiny_lm
+    from bench.synthetic import build_tiny_lm
 
     tasks = builtin_suite(train_size=64, eval_size=16)
     model, tokenizer = load_causal_lm(build_tiny_lm(cache / "models" / "tiny-lm-suite", tasks))
@@ -296,7 +297,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from flows.bench import host_info
+    from bench.host import host_info
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
     total_start = time.perf_counter()

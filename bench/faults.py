@@ -24,6 +24,7 @@ from pathlib import Path
 
 from prefect import Task
 
+from hydraopt.formats.layout import BUNDLE_TENSORS_FILE, MANIFEST_FILE, PEFT_FILES, task_folder
 from registry.store import ObjectStore
 
 UNREACHABLE = "http://s3.unreachable.invalid"
@@ -136,7 +137,7 @@ PAUSE_POINTS = {
     "merge": ("flows.consolidate", "merge_adapters"),  # the group's lock held, nothing written
     "commit": ("registry.api", "Registry.publish_bundle"),  # bundle objects uploaded, no row yet
 }
-CHILD = "import sys; from flows.bench.faults import run_paused; run_paused(*sys.argv[1:])"
+CHILD = "import sys; from bench.faults import run_paused; run_paused(*sys.argv[1:])"
 
 
 def run_paused(stage: str, marker: str, kwargs: str) -> None:
@@ -187,12 +188,11 @@ def kill_consolidate_at(stage: str, workdir: Path, timeout_s: float = 300, **kwa
 
 # The audit
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def bundle_files(manifest: dict) -> list[str]:
     tasks = sorted(member["task"] for member in manifest["members"])
-    return ["manifest.json", "bundle.safetensors", *(f"tasks/{t}/{f}" for t in tasks for f in ADAPTER_FILES)]
+    return [MANIFEST_FILE, BUNDLE_TENSORS_FILE, *(f"{task_folder(t)}/{f}" for t in tasks for f in PEFT_FILES)]
 
 
 def missing_objects(store: ObjectStore, uri: str, files: list[str]) -> list[str]:
@@ -224,7 +224,7 @@ def audit(database_url: str, store: ObjectStore) -> dict:
             problems = [
                 f"adapter {a.name}/{a.version}: files missing at {a.uri}"
                 for a in adapters
-                if a.status == "active" and missing_objects(store, a.uri, list(ADAPTER_FILES))
+                if a.status == "active" and missing_objects(store, a.uri, list(PEFT_FILES))
             ]
             problems += bundle_problems(store, list(bundles.values()))
             served = {bundle.id: {m.task_id for m in bundle.members} for bundle in bundles.values()}

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import torch
 
-from flows.training import TrainingConfig
+from bench.training import TrainingConfig
 from hydraopt.evaluation.suite import BUILTIN_FORMAT, Example, TaskSet
+from hydraopt.formats.layout import ADAPTER_CONFIG_FILE
 from hydraopt.formats.peft_lora import write_peft_lora
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -107,7 +108,7 @@ def make_peft_adapter(
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaForCausalLM
 
-    if (out / "adapter_config.json").is_file():
+    if (out / ADAPTER_CONFIG_FILE).is_file():
         return out
     model = LlamaForCausalLM.from_pretrained(base)
     config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), **lora_kwargs)
@@ -131,7 +132,7 @@ def write_random_lora(
     dtype: torch.dtype = torch.float32,
 ) -> Path:
     """A PEFT-format LoRA folder with random factors for modules of the given (d_out, d_in)."""
-    if (out / "adapter_config.json").is_file():
+    if (out / ADAPTER_CONFIG_FILE).is_file():
         return out
     generator = torch.Generator().manual_seed(seed)
     modules = {

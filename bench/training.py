@@ -19,6 +19,7 @@ import torch
 
 from hydraopt.evaluation.function import answer_logits, encode_example, padding_id
 from hydraopt.evaluation.suite import TaskSet
+from hydraopt.formats.layout import ADAPTER_CONFIG_FILE
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 TRAINING_FILE = "hydracat_training.json"
@@ -49,7 +50,7 @@ def train_lora(
     """Train a LoRA for `task` on `model` (left unchanged) and save it as a PEFT folder at `out`."""
     from peft import LoraConfig, get_peft_model
 
-    if (out / "adapter_config.json").is_file() and (out / TRAINING_FILE).is_file():
+    if (out / ADAPTER_CONFIG_FILE).is_file() and (out / TRAINING_FILE).is_file():
         return out
     torch.manual_seed(config.init_seed)
     lora = LoraConfig(
@@ -62,7 +63,7 @@ def train_lora(
         peft_model.save_pretrained(staging)
     finally:
         peft_model.unload()  # the base model's modules come back as they were
-    config_path = staging / "adapter_config.json"
+    config_path = staging / ADAPTER_CONFIG_FILE
     adapter_config = json.loads(config_path.read_text())
     adapter_config["base_model_name_or_path"] = base_name
     config_path.write_text(json.dumps(adapter_config, indent=2))
@@ -114,7 +115,7 @@ def train_lora_with_bar(model, tokenizer, task: TaskSet, out: Path, config: Trai
 
     from tqdm import tqdm
 
-    if (out / "adapter_config.json").is_file() and (out / TRAINING_FILE).is_file():
+    if (out / ADAPTER_CONFIG_FILE).is_file() and (out / TRAINING_FILE).is_file():
         return out
     with tqdm(total=config.steps, desc=label, file=sys.stderr, leave=False, dynamic_ncols=True) as bar:
 

@@ -1,7 +1,7 @@
 """`hydracat bench merge`: HydraOpt against PEFT's `add_weighted_adapter` on the same adapters.
 
 N random LoRAs at Llama-3.2-1B attention shapes (q, k, v, o in every layer) are written once into
-a cache folder. Each method then runs in its own child process (`python -m flows.bench.merge
+a cache folder. Each method then runs in its own child process (`python -m bench.merge
 --one ...`) so that its peak RSS is its own. Only the merge call is timed: loading the adapters
 (ours) or building the PEFT model and loading every adapter into it (PEFT) is reported apart.
 Every result is scored the same way: the relative reconstruction error Σ‖ΔW_i−ΔW'‖²/Σ‖ΔW_i‖² per
@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from flows.processes import child_env
+from hydraopt.formats.layout import ADAPTER_WEIGHTS_FILE, PEFT_FILES
 
 BASE_MODEL = "synthetic/llama-3.2-1b-attention"
 SEED = 1000
@@ -40,7 +41,7 @@ class BenchConfig:
     cache: str = ""
 
     def shapes(self) -> dict[str, tuple[int, int]]:
-        from flows.synthetic import llama_attention_shapes
+        from bench.synthetic import llama_attention_shapes
 
         return llama_attention_shapes(self.layers, self.hidden, self.kv_out)
 
@@ -67,11 +68,11 @@ def parse_heads(text: str, adapters: int) -> tuple[int, ...]:
 
 def write_adapters(config: BenchConfig) -> list[Path]:
     """The N random adapters, written once (atomically per folder) and reused afterwards."""
-    from flows.synthetic import write_random_lora
+    from bench.synthetic import write_random_lora
 
     shapes = config.shapes()
     for i, folder in enumerate(config.folders()):
-        if (folder / "adapter_config.json").is_file() and (folder / "adapter_model.safetensors").is_file():
+        if all((folder / name).is_file() for name in PEFT_FILES):
             continue
         partial = folder.with_name(folder.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
@@ -167,7 +168,7 @@ def build_peft_model(config: BenchConfig):
             model = PeftModel(Skeleton(config.shapes()), lora_config, adapter_name=name)
         else:
             model.add_adapter(name, lora_config)
-        state = load_file(str(folder / "adapter_model.safetensors"))
+        state = load_file(str(folder / ADAPTER_WEIGHTS_FILE))
         outcome = set_peft_model_state_dict(model, state, adapter_name=name)
         unexpected = getattr(outcome, "unexpected_keys", [])
         if unexpected:
@@ -262,7 +263,7 @@ def run_child(spec: str, config: BenchConfig) -> dict:
     """Run one method in a fresh interpreter and read back its JSON record."""
     env = child_env()
     config_json = json.dumps(asdict(config))
-    command = [sys.executable, "-m", "flows.bench.merge", "--one", spec, "--config", config_json]
+    command = [sys.executable, "-m", "bench.merge", "--one", spec, "--config", config_json]
     start = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
@@ -275,7 +276,7 @@ def run_child(spec: str, config: BenchConfig) -> dict:
 def machine_info() -> dict:
     import peft
 
-    from flows.bench import host_info
+    from bench.host import host_info
     from hydraopt.device import resolve_device
 
     return host_info() | {

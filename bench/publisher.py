@@ -13,8 +13,9 @@ import threading
 import time
 from pathlib import Path
 
-from flows.settings import FlowSettings, model_folder_name
-from flows.synthetic import build_tiny_base, llama_attention_shapes, write_random_lora
+from bench.synthetic import build_tiny_base, llama_attention_shapes, write_random_lora
+from flows.settings import FlowSettings
+from hydraopt.formats.layout import adapter_key, model_slug
 from registry.settings import Settings
 from registry.store import open_store
 
@@ -41,7 +42,7 @@ class Publisher:
 
     def prepare(self) -> None:
         """Install the base model, publish version 1 of every task but the last one."""
-        build_tiny_base(FlowSettings.from_env().models_dir / model_folder_name(BASE_MODEL))
+        build_tiny_base(FlowSettings.from_env().models_dir / model_slug(BASE_MODEL))
         self._publish(self.tasks[:-1], "1")
 
     def start(self, base_url: str, token: str, commit_times: dict[tuple[str, int], float]) -> None:
@@ -92,7 +93,7 @@ class Publisher:
                 self.sources / task / version, SHAPES, rank=RANK, seed=seed, base_model=BASE_MODEL
             )
             for path in sorted(folder.iterdir()):
-                store.put_file(f"adapters/{task}/{version}/{path.name}", path)
+                store.put_file(f"{adapter_key(task, version)}/{path.name}", path)
         synced = sync_catalog()
         if len(synced["registered"]) != len(tasks):
             raise RuntimeError(

@@ -5,7 +5,7 @@ earlier requests are doing) over one keep-alive httpx client, mixing ``GET /v1/t
 ("current"), ``GET /v1/bundles/{id}`` ("bundle": ids seen in earlier current answers) and
 ``GET /v1/adapters?name={task}`` ("adapters"). Each request is recorded with its endpoint, status,
 latency (perf_counter), start and end (``time.time()``, the clock of the registry's timestamps) and
-body; then `flows.bench.consistency.check_answers` checks every answer against the history.
+body; then `bench.consistency.check_answers` checks every answer against the history.
 
 `load_under_publishing(workdir)` is the whole test: a registry, the real API server (`hydracat api`
 in a child process), a `Publisher` moving aliases with real flow runs, and the load.
@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from flows.bench.consistency import (
+from bench.consistency import (
     COMMIT_SLACK_S,
     Answer,
     Consistency,
@@ -250,7 +250,7 @@ def generate(
     }
     with tempfile.TemporaryDirectory(prefix="hydracat-load-") as tmp:
         out = Path(tmp) / "sent.json"
-        command = [sys.executable, "-m", "flows.bench.load", json.dumps(spec), str(out)]
+        command = [sys.executable, "-m", "bench.load", json.dumps(spec), str(out)]
         subprocess.run(command, env=child_env(), check=True)
         data = json.loads(out.read_text())
     return Sent(**{**data, "records": [Record(**record) for record in data["records"]]})
@@ -264,7 +264,7 @@ def send_mixed(base_url: str, tasks: list[str], seconds: float, rate: float, mix
 
 
 def client_main(argv: list[str]) -> int:
-    """The load client child: `python -m flows.bench.load SPEC_JSON OUT_JSON`."""
+    """The load client child: `python -m bench.load SPEC_JSON OUT_JSON`."""
     spec, out = argv
     Path(out).write_text(json.dumps(asdict(send_mixed(**json.loads(spec)))))
     return 0
@@ -318,7 +318,7 @@ def run_load(
 
     `view` is what the check reads the history from (a `registry.api.Registry` on the same
     database; default: the server's own read endpoints, after the load). `commit_times` are
-    observed commit bounds, see `flows.bench.consistency`.
+    observed commit bounds, see `bench.consistency`.
     """
     sent = generate(base_url, tasks, seconds=seconds, rate=rate, mix=mix, seed=seed)
     consistency = check_answers(
@@ -382,13 +382,13 @@ def load_under_publishing(
     and the registry (SQLite there unless `database_url` names an empty or migrated database,
     which is migrated to head). The HYDRACAT_* environment points at them while this runs (the
     flows read it). Then: the real API server (`hydracat api`, child process, a fresh bearer
-    token); a `flows.bench.publisher.Publisher` that publishes version 1 first, then, during the
+    token); a `bench.publisher.Publisher` that publishes version 1 first, then, during the
     load, cycles new versions through real `sync-catalog` and `consolidate` flow runs plus a
     rollback over HTTP; `tasks` task names ``load-task-<i>``. Flows run in the caller's Prefect
     context (`flows.prefect_setup.temporary_server`, or ephemeral mode). The check reads the database;
     commit times of the publisher's writes are observed, not assumed.
     """
-    from flows.bench.publisher import Publisher
+    from bench.publisher import Publisher
     from registry.api import Registry
     from registry.db import make_engine, upgrade
 

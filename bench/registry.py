@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from flows.bench.load import Call, latency_stats, send_paced
+from bench.load import Call, latency_stats, send_paced
 from flows.processes import child_env, free_port, stop_process, wait_until_answering
 
 SEED = 1234
@@ -217,14 +217,14 @@ def time_calls(call, names: list[str]) -> list[float]:
 
 def start_server(db_url: str, port: int, probe_task: str, timeout_s: float = 60.0) -> subprocess.Popen:
     env = child_env()
-    command = [sys.executable, "-m", "flows.bench.registry", "--serve", db_url, "--port", str(port)]
+    command = [sys.executable, "-m", "bench.registry", "--serve", db_url, "--port", str(port)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}/v1/tasks/{probe_task}/bundle"
     return wait_until_answering(process, url, "the registry server", timeout_s, poll_s=0.1)
 
 
 def paced_requests(base_url: str, names: list[str], rate: float, max_seconds: float) -> dict:
-    """GET the current bundle of each of `names`, paced open-loop (`flows.bench.load.send_paced`).
+    """GET the current bundle of each of `names`, paced open-loop (`bench.load.send_paced`).
 
     An error is a transport error, a status other than 200, or an answer for another task.
     """
@@ -336,7 +336,7 @@ def machine_info() -> dict:
     import sqlalchemy
     import uvicorn
 
-    from flows.bench import host_info
+    from bench.host import host_info
 
     return host_info() | {
         "sqlalchemy_version": sqlalchemy.__version__,
