@@ -33,7 +33,6 @@ import torch
 from bench.smollm2 import SMOLLM2_NAME, smollm2_folder
 from bench.training import TRAINING_FILE, TrainingConfig, train_lora_with_bar
 from flows.base_models import load_causal_lm
-from hydraopt.adapter import Adapter
 from hydraopt.evaluation import (
     Evaluator,
     Gate,
@@ -44,12 +43,12 @@ from hydraopt.evaluation import (
     write_suite,
 )
 from hydraopt.evaluation.activations import input_statistics
-from hydraopt.evaluation.distillation import References, distill, references
+from hydraopt.evaluation.distillation import references
+from hydraopt.evaluation.pipeline import MergePipeline
 from hydraopt.evaluation.suite import TaskSet
 from hydraopt.formats.peft_lora import load_adapter
-from hydraopt.merge import MergeResult, merge_adapters
+from hydraopt.merge import MergeResult
 from hydraopt.metrics import reconstruction_errors
-from hydraopt.refine import InputStatistics, refine
 from hydraopt.storage import storage_report
 
 BASELINES = ("task_arithmetic", "ties", "dare_linear", "dare_ties")
@@ -111,75 +110,20 @@ def summarise(originals: dict[str, TaskScore], scores: dict[str, TaskScore]) -> 
     }
 
 
-STAGES = ("closed", "refined", "distilled")
-
-
 class Sweep:
-    """Merges and evaluations of every setting, each merge (per stage) and evaluation done once."""
+    """Every setting through one merge pipeline (each merge and each evaluation done once), a row each."""
 
-    def __init__(self, adapters: list[Adapter], evaluator: Evaluator, originals: dict, gate: Gate, device,
-                 statistics: InputStatistics | None = None, iterations: int = 8,
-                 reference: References | None = None, distill_options: dict | None = None):  # fmt: skip
-        self.adapters, self.evaluator, self.originals = adapters, evaluator, originals
-        self.gate, self.device = gate, device
-        self.statistics, self.iterations = statistics, iterations
-        self.reference, self.distill_options = reference, distill_options
-        self.stages = [s for s, on in zip(STAGES, (True, statistics, reference), strict=True) if on]
-        self.merged: dict[tuple, MergeResult] = {}
-        self.scored: dict[tuple, dict[str, TaskScore]] = {}
+    def __init__(self, pipeline: MergePipeline, gate: Gate):
+        self.pipeline, self.gate = pipeline, gate
         self.rows: list[dict] = []
-
-    def merge(self, stage: str, heads: int, rank: int, adapters: list[Adapter] | None = None) -> MergeResult:
-        """HydraOpt (K, r') of `adapters` (default: all), refined and distilled as far as `stage`."""
-        adapters = adapters or self.adapters
-        key = (stage, heads, rank, tuple(a.task_name for a in adapters))
-        if key not in self.merged:
-            if stage == "closed":
-                result = merge_adapters(adapters, "hydraopt", device=self.device, heads=heads, rank=rank)
-            else:
-                previous = self.merge(self.stages[self.stages.index(stage) - 1], heads, rank, adapters)
-                if stage == "refined":
-                    result = refine(previous, adapters, self.statistics, iterations=self.iterations)
-                else:
-                    result = self.distill(previous)
-            self.merged[key] = result
-        return self.merged[key]
-
-    def distill(self, result: MergeResult) -> MergeResult:
-        progress = bar(self.distill_options["steps"], f"distill K={result.heads} r'={result.rank}")
-
-        def step(_done: int, _steps: int, loss: float) -> None:
-            progress.update(1)
-            progress.set_postfix(kl=f"{loss:.5f}")
-
-        model, tokenizer = self.evaluator.model, self.evaluator.tokenizer
-        distilled = distill(result, model, tokenizer, self.reference, progress=step, **self.distill_options)
-        progress.close()
-        return distilled
-
-    def finish(self, closed: MergeResult) -> MergeResult:
-        """What `auto` evaluates for a closed-form merge: the same setting at the sweep's last stage."""
-        members = [a for a in self.adapters if a.task_name in closed.tasks]
-        return self.merge(self.stages[-1], closed.heads, closed.rank, members)
-
-    def evaluate(self, result: MergeResult) -> dict[str, TaskScore]:
-        key = (result.method, json.dumps(result.params, sort_keys=True, default=str), tuple(result.tasks))
-        if key not in self.scored:
-            progress = bar(len(result.tasks), f"evaluate {result.method} {result.params}")
-            self.evaluator.progress = lambda _task: progress.update(1)
-            self.scored[key] = self.evaluator.merged(result)
-            progress.close()
-        return self.scored[key]
 
     def run(self, name: str, method: str, stage: str = "closed", **params) -> dict:
         start = time.perf_counter()
-        if method == "hydraopt":
-            result = self.merge(stage, params["heads"], params["rank"])
-        else:
-            result = merge_adapters(self.adapters, method, device=self.device, **params)
+        result = self.pipeline.merge(method, stage, **params)
         merge_s = time.perf_counter() - start
-        scores = self.evaluate(result)
-        errors = reconstruction_errors(self.adapters, result)
+        adapters, originals = self.pipeline.adapters, self.pipeline.originals
+        scores = self.pipeline.score(result)
+        errors = reconstruction_errors(adapters, result)
         row = {
             "name": name,
             "method": method,
@@ -187,9 +131,9 @@ class Sweep:
             "params": {k: v for k, v in result.params.items() if v is not None},
             "heads": result.heads,
             "rank": result.rank,
-            "storage_ratio": storage_report(self.adapters, result).ratio,
-            **summarise(self.originals, scores),
-            "publish": self.gate.decide(self.originals, scores).publish,
+            "storage_ratio": storage_report(adapters, result).ratio,
+            **summarise(originals, scores),
+            "publish": self.gate.decide(originals, scores).publish,
             "mean_relative_error": statistics.fmean(e["relative_error"] for e in errors.values()),
             "merge_s": merge_s,
         }
@@ -197,6 +141,37 @@ class Sweep:
         log(f"{name:<26} storage {row['storage_ratio']:.3f}  mean retention {row['mean_retention']:.3f}  "
             f"min {row['min_retention']:.3f}  publish {row['publish']}")  # fmt: skip
         return row
+
+
+def evaluation_bars(evaluator: Evaluator):
+    """`MergePipeline.on_score`: a progress bar over the tasks of each new evaluation."""
+
+    def start(result: MergeResult) -> None:
+        progress = bar(len(result.tasks), f"evaluate {result.method} {result.params}")
+
+        def step(_task: str) -> None:
+            progress.update(1)
+            if progress.n >= progress.total:
+                progress.close()
+
+        evaluator.progress = step
+
+    return start
+
+
+def distill_bars():
+    """`MergePipeline.on_distill_step`: a progress bar (with the KL) over each distillation's steps."""
+    current = {}
+
+    def step(result: MergeResult, done: int, steps: int, loss: float) -> None:
+        if done == 1:
+            current["bar"] = bar(steps, f"distill K={result.heads} r'={result.rank}")
+        current["bar"].update(1)
+        current["bar"].set_postfix(kl=f"{loss:.5f}")
+        if done == steps:
+            current.pop("bar").close()
+
+    return step
 
 
 def targets(rows: list[dict], auto: dict, source_rank: int) -> dict:
@@ -348,8 +323,11 @@ def run_bench(args: argparse.Namespace) -> int:
         reference = references(model, tokenizer, suite, adapters, examples=examples,
                                progress=lambda _task: progress.update(1))  # fmt: skip
         progress.close()
-    sweep = Sweep(adapters, evaluator, originals, gate, args.device, statistics, args.refine_iterations,
-                  reference, distill_options)  # fmt: skip
+    pipeline = MergePipeline(adapters, evaluator, device=args.device, statistics=statistics,
+                             refine_iterations=args.refine_iterations, references=reference,
+                             distill_options=distill_options, on_distill_step=distill_bars(),
+                             on_score=evaluation_bars(evaluator), keep_merges=True)  # fmt: skip
+    sweep = Sweep(pipeline, gate)
     n = len(adapters)
     sweep.rows.append({
         "name": "individual", "method": "individual", "stage": None, "params": {}, "heads": n,
@@ -363,11 +341,11 @@ def run_bench(args: argparse.Namespace) -> int:
     heads = sorted({min(k, n) if k > 0 else n for k in args.heads})
     for k in heads:
         for r in args.ranks:
-            for stage in sweep.stages:
+            for stage in pipeline.stages:
                 name = f"{FAMILY_OF_STAGE[stage]} K={k} r'={r}"
                 sweep.run(name, "hydraopt", stage, heads=k, rank=r)
-    auto = auto_hydraopt(adapters, sweep.evaluate, originals, gate=gate, heads=heads, ranks=args.ranks,
-                         refine=sweep.finish, device=args.device)  # fmt: skip
+    auto = auto_hydraopt(adapters, pipeline.score, originals, gate=gate, heads=heads, ranks=args.ranks,
+                         refine=pipeline.finish, device=args.device)  # fmt: skip
     auto_report = auto.to_dict()
     log(f"auto: {auto_report['setting']}, excluded {sorted(auto.excluded)}")
     evaluate_s = time.perf_counter() - start

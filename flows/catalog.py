@@ -29,6 +29,7 @@ from prefect.artifacts import create_table_artifact
 
 from flows.model_sources import BaseModelFolder, BaseModelUnavailable, hub_adapter, resolve_base_model
 from flows.resources import open_registry, transient_error
+from flows.settings import FlowSettings
 from hydraopt.adapter import Adapter
 from hydraopt.errors import HubUnavailableError, HydraoptError
 from hydraopt.evaluation.suite import read_task_jsonl
@@ -136,7 +137,7 @@ def read_source(local: Path) -> str:
     return source["uri"]
 
 
-def read_folder(folder: AdapterFolder, local: Path) -> tuple[Adapter, str | None]:
+def read_folder(folder: AdapterFolder, local: Path, settings: FlowSettings) -> tuple[Adapter, str | None]:
     """The folder's adapter, and its `hf://...@<commit>` URI when source.json names a hub repo.
 
     Raises HydraoptError with the reason when the folder is bad, Pending when its hub repo cannot
@@ -155,7 +156,7 @@ def read_folder(folder: AdapterFolder, local: Path) -> tuple[Adapter, str | None
                 f" (a hub adapter's eval set is the repo's own {EVAL_FILE})"
             )
         try:
-            found = hub_adapter(read_source(local), (EVAL_FILE,))
+            found = hub_adapter(read_source(local), settings, (EVAL_FILE,))
         except HubUnavailableError as exc:
             raise Pending(f"adapter repo {exc}") from exc
         local, hub_uri = found.folder, found.uri
@@ -184,11 +185,11 @@ def check_shapes(adapter: Adapter, base: BaseModelFolder) -> None:
             )
 
 
-def judge(registry: Registry, folder: AdapterFolder, local: Path) -> dict:
+def judge(registry: Registry, folder: AdapterFolder, local: Path, settings: FlowSettings) -> dict:
     """Registration fields of a downloaded folder: active, quarantined or pending with the reason."""
     uri = registry.store.uri_for(folder.key)
     try:
-        adapter, hub_uri = read_folder(folder, local)
+        adapter, hub_uri = read_folder(folder, local, settings)
     except Pending as exc:
         return {"sha256": files_digest(local), "uri": uri, "base_model": UNKNOWN, "pending_reason": str(exc)}
     except Exception as exc:  # noqa: BLE001 - any failure to read the downloaded files is bad input
@@ -204,7 +205,7 @@ def judge(registry: Registry, folder: AdapterFolder, local: Path) -> dict:
         "targets": sorted(config.get("target_modules") or []),
     }
     try:
-        base = resolve_base_model(registry, adapter.base_model, adapter.revision)
+        base = resolve_base_model(registry, adapter.base_model, adapter.revision, settings)
     except BaseModelUnavailable as exc:
         named = {"base_model": adapter.base_model, "base_revision": adapter.revision}
         return fields | named | {"pending_reason": str(exc)}
@@ -252,9 +253,10 @@ def check_and_register(folder: AdapterFolder) -> dict:
     Only what was downloaded is judged: a store error or timeout fails the task (retried if
     transient) before anything is registered, and never quarantines the folder.
     """
-    registry = open_registry()
+    settings = FlowSettings.from_env()
+    registry = open_registry(settings.registry)
     with tempfile.TemporaryDirectory(prefix="hydracat-sync-") as tmp:
-        fields = judge(registry, folder, download_folder(registry.store, folder, Path(tmp)))
+        fields = judge(registry, folder, download_folder(registry.store, folder, Path(tmp)), settings)
     row = registry.register_adapter_version(folder.name, folder.version, **fields)
     return result_of(row)
 
@@ -263,7 +265,8 @@ def check_and_register(folder: AdapterFolder) -> dict:
 def waiting_base_model(name: str, revision: str | None) -> str | None:
     """None if base model `name` resolves now (fetching it into the models cache), else why not."""
     try:
-        resolve_base_model(open_registry(), name, revision)
+        settings = FlowSettings.from_env()
+        resolve_base_model(open_registry(settings.registry), name, revision, settings)
     except BaseModelUnavailable as exc:
         return str(exc)
     return None

@@ -22,7 +22,7 @@ import hashlib
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import fields
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Literal
@@ -33,6 +33,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 from pydantic import Field
 
+from flows.base_models import load_causal_lm
 from flows.catalog import RETRIES
 from flows.locks import group_lock
 from flows.model_sources import BaseModelUnavailable, hub_adapter, resolve_base_model
@@ -41,20 +42,18 @@ from flows.settings import FlowSettings
 from hydraopt.adapter import Adapter
 from hydraopt.evaluation import Evaluator, Gate, TaskScore, auto_hydraopt
 from hydraopt.evaluation.activations import input_statistics
-from hydraopt.evaluation.distillation import References, distill, references
+from hydraopt.evaluation.distillation import references
+from hydraopt.evaluation.pipeline import DistillStep, MergePipeline
 from hydraopt.evaluation.suite import TaskSet, read_task_jsonl
 from hydraopt.formats.bundle import write_bundle
 from hydraopt.formats.layout import EVAL_FILE, MANIFEST_FILE, PEFT_FILES, bundle_key, model_slug
 from hydraopt.formats.peft_lora import load_adapter
-from hydraopt.merge import MergeResult, merge_adapters
-from hydraopt.metrics import reconstruction_errors
-from hydraopt.refine import InputStatistics
-from hydraopt.refine import refine as refine_merge
+from hydraopt.methods import METHODS, MergeMethod
 from registry.api import Registry
 from registry.errors import RegistryError
-from registry.settings import Settings
 
-Method = Literal["hydraopt", "auto", "task_arithmetic", "ties", "dare_linear", "dare_ties"]
+AUTO, AUTO_SEARCHES = "auto", "hydraopt"  # auto: the smallest HydraOpt setting that passes the gate
+Method = Literal[(*METHODS, AUTO)]  # the UI offers every registered method
 Heads = Annotated[int | None, Field(ge=1, description="B' heads K (default: one per task)")]
 Rank = Annotated[int | None, Field(ge=1, description="rank r' of A' (default: max source rank)")]
 MinRetention = Annotated[float, Field(gt=0, le=1, description="gate: minimum retention per task")]
@@ -85,7 +84,7 @@ def newest_active(rows: list[dict], base_model: str | None) -> list[dict]:
     return [newest[name] for name in sorted(newest)]
 
 
-def fetch(registry: Registry, row: dict, cache: Path) -> Path:
+def fetch(registry: Registry, row: dict, cache: Path, settings: FlowSettings) -> Path:
     """The adapter folder of a registry row, downloaded once per sha256 (object store or hf://)."""
     folder = cache / row["sha256"]
     if folder.is_dir():
@@ -96,7 +95,7 @@ def fetch(registry: Registry, row: dict, cache: Path) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=cache))
     try:
         if key is None:
-            found = hub_adapter(row["uri"], (EVAL_FILE,))  # the commit registered, from the hub cache
+            found = hub_adapter(row["uri"], settings, (EVAL_FILE,))  # the registered commit, hub cache
             for file in found.files:
                 shutil.copyfile(found.folder / file, staging / file)
         else:
@@ -135,16 +134,23 @@ def group_label(adapter: Adapter) -> str:
     return f"{model_slug(adapter.base_model)}-{digest.hexdigest()[:8]}".lower()
 
 
+def merge_method(method: str) -> MergeMethod:
+    """The registered method a consolidate `method` merges with (`auto` searches HydraOpt's settings)."""
+    return METHODS[AUTO_SEARCHES if method == AUTO else method]
+
+
 def requested_params(method: str, heads: int | None, rank: int | None) -> dict:
-    params = {"heads": heads, "rank": rank} if method in ("hydraopt", "auto") else {"rank": rank}
-    return {name: value for name, value in params.items() if value is not None}
+    """The knobs given that the method has (only HydraOpt has heads)."""
+    known = {field.name for field in fields(merge_method(method).params_type)}
+    return {name: value for name, value in {"heads": heads, "rank": rank}.items() if value is not None
+            and name in known}  # fmt: skip
 
 
 def made_by(method: str, params: dict, refine: bool, distill_steps: int) -> dict:
     """How a bundle was asked for, as its manifest records it (`distill_steps` only when used)."""
-    shared_a = method in ("hydraopt", "auto")
-    record = {"method": method, "params": params, "refine": refine and shared_a}
-    return record | ({"distill_steps": distill_steps} if distill_steps and shared_a else {})
+    refinable = merge_method(method).refinable
+    record = {"method": method, "params": params, "refine": refine and refinable}
+    return record | ({"distill_steps": distill_steps} if distill_steps and refinable else {})
 
 
 def already_served(registry: Registry, adapters: list[Adapter], request: dict) -> bool:
@@ -172,80 +178,45 @@ def eval_sets(adapters: list[Adapter]) -> list[TaskSet]:
     ]
 
 
-def weight_space_scores(adapters: list[Adapter], result: MergeResult) -> dict[str, TaskScore]:
-    errors = reconstruction_errors(adapters, result)
-    return {
-        task: TaskScore(task, "weight_space", 1.0 - error["relative_error"], 0)
-        for task, error in errors.items()
-    }
+def group_pipeline(
+    adapters: list[Adapter], base: Path | None, device: str | None, refine: bool, distill_steps: int,
+    on_distill_step: DistillStep,
+) -> tuple[MergePipeline, str | None]:  # fmt: skip
+    """The group's merge pipeline (function space where an eval set and the base model exist), and
+    why its HydraOpt merges stay closed form though refinement or distillation was asked for.
 
-
-class GroupEvaluator:
-    """Scores merges of one group: function space where an eval set and the base model exist.
-
-    Where every member's eval.jsonl has train rows, `improve` refines a HydraOpt merge on them
-    (`hydraopt.refine`, if `refine`) and then distils it (`distill_steps` > 0); `improves` says
-    whether it will, `why_not_refined` why not.
+    Refinement and distillation calibrate on every member's eval.jsonl rows with split "train".
     """
-
-    def __init__(self, adapters: list[Adapter], base: Path | None, device: str | None,
-                 refine: bool = False, distill_steps: int = 0,
-                 on_distill_step: Callable[[int, int, float], None] | None = None):  # fmt: skip
-        self.adapters, self.distill_steps, self.on_distill_step = adapters, distill_steps, on_distill_step
-        tasks = eval_sets(adapters)
-        self.evaluator = None
-        if tasks and base is not None:
-            from flows.base_models import load_causal_lm
-
-            model, tokenizer = load_causal_lm(base, device)
-            self.evaluator = Evaluator(model, tokenizer, tasks)
-        with_eval = {t.name for t in tasks} if self.evaluator else set()
-        self.function_space = [a for a in adapters if a.task_name in with_eval]
-        self.originals = {a.task_name: TaskScore(a.task_name, "weight_space", 1.0, 0) for a in adapters}
-        if self.evaluator:
-            self.originals |= self.evaluator.originals(self.function_space)
-        self.last: tuple[MergeResult, dict[str, TaskScore]] | None = None
-        self.statistics: InputStatistics | None = None
-        self.references: References | None = None
-        uncalibrated = sorted({a.task_name for a in adapters} - {t.name for t in tasks if t.train})
-        if not self.evaluator:
-            self.why_not_refined = "no eval sets or no base model to calibrate on"
-        elif uncalibrated:
-            self.why_not_refined = f'no calibration rows (split "train") for {uncalibrated}'
-        else:
-            self.why_not_refined = None if refine or distill_steps else "not asked for"
-        self.improves = self.why_not_refined is None
-        if self.improves:
-            model, tokenizer = self.evaluator.model, self.evaluator.tokenizer
-            if refine:
-                self.statistics = input_statistics(model, tokenizer, tasks, adapters)
-            if distill_steps:
-                self.references = references(model, tokenizer, tasks, adapters)
-
-    def improve(self, result: MergeResult) -> MergeResult:
-        """`result` refined on the group's input statistics and distilled, as asked (needs `improves`)."""
-        if self.statistics is not None:
-            result = refine_merge(result, self.adapters, self.statistics)
-        if self.references is not None:
-            model, tokenizer = self.evaluator.model, self.evaluator.tokenizer
-            result = distill(result, model, tokenizer, self.references, steps=self.distill_steps,
-                             progress=self.on_distill_step)  # fmt: skip
-        return result
-
-    def __call__(self, result: MergeResult) -> dict[str, TaskScore]:
-        if self.last is not None and self.last[0] is result:
-            return self.last[1]  # auto's chosen merge was scored last
-        members = [a for a in self.adapters if a.task_name in result.tasks]
-        scores = weight_space_scores(members, result)
-        if self.evaluator:
-            in_result = [a for a in self.function_space if a.task_name in result.tasks]
-            if in_result:
-                scores |= self.evaluator.merged(_restrict(result, [a.task_name for a in in_result]))
-        self.last = (result, scores)
-        return scores
+    tasks = eval_sets(adapters)
+    evaluator = None
+    if tasks and base is not None:
+        evaluator = Evaluator(*load_causal_lm(base, device), tasks)
+    uncalibrated = sorted({a.task_name for a in adapters} - {t.name for t in tasks if t.train})
+    if not (refine or distill_steps):
+        why_not = None
+    elif evaluator is None:
+        why_not = "no eval sets or no base model to calibrate on"
+    elif uncalibrated:
+        why_not = f'no calibration rows (split "train") for {uncalibrated}'
+    else:
+        why_not = None
+    calibrate = evaluator is not None and not uncalibrated
+    model, tokenizer = (evaluator.model, evaluator.tokenizer) if evaluator else (None, None)
+    pipeline = MergePipeline(
+        adapters,
+        evaluator,
+        device=device,
+        statistics=input_statistics(model, tokenizer, tasks, adapters) if calibrate and refine else None,
+        references=references(model, tokenizer, tasks, adapters) if calibrate and distill_steps else None,
+        distill_options={"steps": distill_steps},
+        on_distill_step=on_distill_step,
+    )
+    return pipeline, why_not
 
 
-def base_folder(registry: Registry, adapters: list[Adapter], log: Callable[[str], None]) -> Path | None:
+def base_folder(
+    registry: Registry, adapters: list[Adapter], settings: FlowSettings, log: Callable[[str], None]
+) -> Path | None:
     """The group's base model folder, resolved from its canonical name, when an eval set needs it.
 
     None (logged) when it cannot be had now: the group is then judged in weight space.
@@ -253,15 +224,10 @@ def base_folder(registry: Registry, adapters: list[Adapter], log: Callable[[str]
     if not any((a.path / EVAL_FILE).is_file() for a in adapters):
         return None
     try:
-        return resolve_base_model(registry, adapters[0].base_model, adapters[0].revision).folder
+        return resolve_base_model(registry, adapters[0].base_model, adapters[0].revision, settings).folder
     except BaseModelUnavailable as exc:
         log(f"no base model to evaluate on, weight space only: {exc}")
         return None
-
-
-def _restrict(result: MergeResult, tasks: list[str]) -> MergeResult:
-    """The same merge, listing only `tasks` (for scoring a subset)."""
-    return replace(result, tasks=tasks, assignment={t: result.assignment[t] for t in tasks})
 
 
 # publishing
@@ -306,10 +272,10 @@ def consolidate_group(
     Holds the group's lock throughout; a killed worker's lock is dropped with its process.
     """
     logger = get_run_logger()
+    settings = FlowSettings.from_env()
     waiting = partial(logger.info, "group %s: another run holds its lock, waiting", label)
-    with group_lock(Settings.from_env().database_url, label, on_wait=waiting):
-        settings = FlowSettings.from_env()
-        registry = open_registry()
+    with group_lock(settings.registry.database_url, label, on_wait=waiting):
+        registry = open_registry(settings.registry)
         adapters = fetch_members(rows)
         params = requested_params(method, heads, rank)
         request = made_by(method, params, refine, distill_steps)
@@ -319,14 +285,16 @@ def consolidate_group(
         gate = Gate(min_retention)
         steps = request.get("distill_steps", 0)
         progress = partial(logger.info, "group %s: distill step %d/%d, KL %.6f", label)
-        base = base_folder(registry, adapters, partial(logger.warning, "group %s: %s", label))
-        evaluate = GroupEvaluator(adapters, base, settings.device, request["refine"], steps, progress)
-        refiner = evaluate.improve if evaluate.improves else None
-        if refiner is None and evaluate.why_not_refined != "not asked for":
-            logger.info("group %s: closed form only, not refined: %s", label, evaluate.why_not_refined)
+        base = base_folder(registry, adapters, settings, partial(logger.warning, "group %s: %s", label))
+        pipeline, why_not = group_pipeline(
+            adapters, base, settings.device, request["refine"], steps, lambda _r, *step: progress(*step)
+        )
+        if why_not:
+            logger.info("group %s: closed form only, not refined: %s", label, why_not)
         excluded: dict[str, str] = {}
-        if method == "auto":
-            outcome = auto_hydraopt(adapters, evaluate, evaluate.originals, gate=gate, refine=refiner,
+        if method == AUTO:
+            refiner = pipeline.finish if pipeline.improves else None
+            outcome = auto_hydraopt(adapters, pipeline.score, pipeline.originals, gate=gate, refine=refiner,
                                     device=settings.device)  # fmt: skip
             excluded = outcome.excluded
             if outcome.result is None:
@@ -335,13 +303,11 @@ def consolidate_group(
                 ]
                 return {"group": label, "status": "gate failed", "tasks": left, "excluded": excluded}
             result, decision = outcome.result, outcome.decision
-            scores = evaluate(result)
+            scores = pipeline.score(result)
         else:
-            result = merge_adapters(adapters, method, device=settings.device, **params)
-            if refiner:
-                result = refiner(result)
-            scores = evaluate(result)
-            decision = gate.decide(evaluate.originals, scores)
+            result = pipeline.merge(method, **params)
+            scores = pipeline.score(result)
+            decision = gate.decide(pipeline.originals, scores)
         members = [a for a in adapters if a.task_name in result.tasks]
         tasks = [
             {
@@ -349,7 +315,7 @@ def consolidate_group(
                 "task": task,
                 "head": result.assignment[task],
                 "metric": scores[task].metric,
-                "original": evaluate.originals[task].value,
+                "original": pipeline.originals[task].value,
                 "merged": scores[task].value,
                 "retention": verdict.retention,
                 "passed": verdict.passed,
@@ -386,7 +352,7 @@ def consolidate_group(
                 members,
                 result,
                 Path(tmp) / "bundle",
-                metrics=metrics_of(scores, evaluate.originals, decision),
+                metrics=metrics_of(scores, pipeline.originals, decision),
                 extra=extra,
             )
             key = bundle_key(members[0].base_model, manifest["bundle_id"])
@@ -415,13 +381,13 @@ def publish_records(manifest: dict, uri: str, flow_run_id: str) -> dict:
 @task(**RETRIES, cache_policy=NO_CACHE)
 def fetch_members(rows: list[dict]) -> list[Adapter]:
     """The group's adapters, from the work dir's cache or the store (S3 errors and timeouts retried)."""
-    registry = open_registry()
-    cache = adapter_cache()
-    return [load_member(row, fetch(registry, row, cache)) for row in rows]
+    settings = FlowSettings.from_env()
+    registry, cache = open_registry(settings.registry), adapter_cache(settings)
+    return [load_member(row, fetch(registry, row, cache, settings)) for row in rows]
 
 
-def adapter_cache() -> Path:
-    cache = FlowSettings.from_env().work_dir / "adapters"
+def adapter_cache(settings: FlowSettings) -> Path:
+    cache = settings.work_dir / "adapters"
     cache.mkdir(parents=True, exist_ok=True)
     return cache
 
@@ -429,11 +395,12 @@ def adapter_cache() -> Path:
 @task(**RETRIES, cache_policy=NO_CACHE)
 def plan_groups(base_model: str | None) -> dict[str, list[dict]]:
     """Newest active adapter versions grouped by compatibility key: {label: [registry rows]}."""
-    registry = open_registry()
-    cache = adapter_cache()
+    settings = FlowSettings.from_env()
+    registry, cache = open_registry(settings.registry), adapter_cache(settings)
     groups: dict[str, list[dict]] = {}
     for row in newest_active(registry.list_adapters(status="active"), base_model):
-        groups.setdefault(group_label(load_member(row, fetch(registry, row, cache))), []).append(row)
+        adapter = load_member(row, fetch(registry, row, cache, settings))
+        groups.setdefault(group_label(adapter), []).append(row)
     return groups
 
 

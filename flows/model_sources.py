@@ -61,31 +61,35 @@ def model_file(name: str) -> bool:
     return name in MODEL_FILES or name.endswith(".safetensors")
 
 
-def resolve_base_model(registry: Registry, name: str, revision: str | None) -> BaseModelFolder:
+def resolve_base_model(
+    registry: Registry, name: str, revision: str | None, settings: FlowSettings
+) -> BaseModelFolder:
     """The folder of base model `name` at `revision` (see the module docstring for the order)."""
     source = registry.find_base_model(name)
     if source is not None:
-        return from_source(registry, source, revision)
-    legacy = legacy_folder(name)
+        return from_source(registry, source, revision, settings)
+    legacy = legacy_folder(name, settings)
     if legacy is not None and legacy.is_dir():
         return BaseModelFolder(name, revision, check_model_folder(legacy, str(legacy)))
     if not is_repo_id(name):
         installed = f", or install it as {legacy}" if legacy is not None else ""
         raise BaseModelUnavailable(f"base model {name!r} is unknown: {HINT}{installed}")
-    found = hub_model(name, revision)
+    found = hub_model(name, revision, settings)
     if revision is None:  # pin the default branch's commit for the adapters that follow
         try:
             registry.add_base_model(name, kind="hub", location=name, revision=found.commit)
         except ConflictError:  # registered meanwhile: that one counts
-            return from_source(registry, registry.find_base_model(name), None)
+            return from_source(registry, registry.find_base_model(name), None, settings)
     return BaseModelFolder(name, found.commit, found.folder)
 
 
-def from_source(registry: Registry, source: dict, revision: str | None) -> BaseModelFolder:
+def from_source(
+    registry: Registry, source: dict, revision: str | None, settings: FlowSettings
+) -> BaseModelFolder:
     """A registered base model's folder; a hub source takes the adapter's revision over its own."""
     name, kind, location = source["name"], source["kind"], source["location"]
     if kind == "hub":
-        found = hub_model(location, revision or source["revision"], registered=name)
+        found = hub_model(location, revision or source["revision"], settings, registered=name)
         return BaseModelFolder(name, found.commit, found.folder)
     if revision is not None and revision != source["revision"]:
         raise BaseModelUnavailable(
@@ -94,12 +98,15 @@ def from_source(registry: Registry, source: dict, revision: str | None) -> BaseM
         )
     if kind == "path":
         return BaseModelFolder(name, source["revision"], check_model_folder(Path(location), location))
-    return BaseModelFolder(name, source["revision"], store_folder(registry, location, source["revision"]))
+    folder = store_folder(registry, location, source["revision"], settings)
+    return BaseModelFolder(name, source["revision"], folder)
 
 
-def hub_model(repo: str, revision: str | None, registered: str | None = None) -> Snapshot:
+def hub_model(
+    repo: str, revision: str | None, settings: FlowSettings, registered: str | None = None
+) -> Snapshot:
     """Base model files of hub repo `repo`, in the models cache; never a pickle."""
-    cache = FlowSettings.from_env().models_dir / ".cache" / "hub"
+    cache = settings.models_dir / ".cache" / "hub"
     named = f"base model {registered!r} (hub {repo})" if registered else f"base model {repo!r}"
     try:
         found = snapshot(repo, revision, model_file, HubAccess.from_env(cache))
@@ -112,12 +119,12 @@ def hub_model(repo: str, revision: str | None, registered: str | None = None) ->
     return found
 
 
-def legacy_folder(name: str) -> Path | None:
+def legacy_folder(name: str, settings: FlowSettings) -> Path | None:
     """HYDRACAT_MODELS_DIR/<name with / as -->, or None when that is no safe folder name."""
     folder = model_slug(name)
     if not FOLDER_NAME.fullmatch(folder) or ".." in folder:
         return None
-    return FlowSettings.from_env().models_dir / folder
+    return settings.models_dir / folder
 
 
 def check_model_folder(folder: Path, where: str) -> Path:
@@ -140,12 +147,12 @@ def refuse_without_weights(names: list[str], where: str) -> None:
     raise BaseModelUnavailable(f"{where} has {what}; pickles are never loaded: register a safetensors copy")
 
 
-def store_folder(registry: Registry, uri: str, revision: str) -> Path:
+def store_folder(registry: Registry, uri: str, revision: str, settings: FlowSettings) -> Path:
     """A base model folder of the object store, downloaded once (model files only) into the models cache."""
     key = registry.store.key_for(uri.rstrip("/"))
     if key is None:
         raise BaseModelUnavailable(f"base model uri {uri} is not in the object store")
-    cache = FlowSettings.from_env().models_dir / ".cache" / "uri"
+    cache = settings.models_dir / ".cache" / "uri"
     folder = cache / hashlib.sha256(f"{uri}@{revision}".encode()).hexdigest()[:24]
     if folder.is_dir():
         return folder
@@ -164,7 +171,7 @@ def store_folder(registry: Registry, uri: str, revision: str) -> Path:
     return folder
 
 
-def hub_adapter(uri: str, extra_files: tuple[str, ...] = ()) -> Snapshot:
+def hub_adapter(uri: str, settings: FlowSettings, extra_files: tuple[str, ...] = ()) -> Snapshot:
     """Adapter `hf://org/repo[@rev]` (config, weights, `extra_files`), pinned, cached in WORK_DIR/hub."""
-    access = HubAccess.from_env(FlowSettings.from_env().work_dir / "hub")
+    access = HubAccess.from_env(settings.work_dir / "hub")
     return download_hub_adapter(uri, access, extra_files)

@@ -1,15 +1,32 @@
 """What every flow opens from the settings, and which failures are worth a retry."""
 
+import os
+import threading
+
 from registry.api import Registry
 from registry.settings import Settings
 from registry.store.base import StoreError
 
+KEPT_REGISTRIES = 4
+_open: dict[tuple[int, Settings], Registry] = {}
+_opening = threading.Lock()
 
-def open_registry() -> Registry:
-    """The registry and object store named by the HYDRACAT_* environment (read on each call)."""
-    registry = Registry.from_settings(Settings.from_env())
-    if registry.store is None:
-        raise RuntimeError("no object store configured")
+
+def open_registry(settings: Settings | None = None) -> Registry:
+    """The registry and object store `settings` name (default: the HYDRACAT_* environment, read now).
+
+    One per settings and process, shared by every flow and task run in it (one engine, one pool);
+    beyond the last `KEPT_REGISTRIES` settings used, the oldest one's connections are closed.
+    """
+    key = (os.getpid(), settings or Settings.from_env())
+    with _opening:
+        registry = _open.pop(key, None) or Registry.from_settings(key[1])
+        _open[key] = registry  # the most recently used last
+        while len(_open) > KEPT_REGISTRIES:
+            oldest = next(iter(_open))
+            if oldest[0] == os.getpid():  # a parent's connections are not a forked child's to close
+                _open[oldest].close()
+            del _open[oldest]
     return registry
 
 

@@ -1,4 +1,4 @@
-"""Settings of the flows, read from environment variables (the registry's own are in `registry.settings`).
+"""Settings of the flows, read from environment variables: the registry's (`registry.settings`) and these.
 
 - ``HYDRACAT_MODELS_DIR``: base models: folders installed by an operator, one Hugging Face model
   folder per base model named after it with ``/`` replaced by ``--``
@@ -9,18 +9,21 @@
   staged bundles.
   Default: ``$XDG_DATA_HOME/hydracat/work``.
 - ``HYDRACAT_DEVICE``: ``cuda`` or ``cpu`` for merges and evaluation (default: cuda when present).
+
+Each flow and task reads them once, where it starts (`FlowSettings.from_env`), and passes them down.
 """
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from registry.settings import data_dir
+from registry.settings import Settings, data_dir
 
 
 @dataclass(frozen=True)
 class FlowSettings:
+    registry: Settings
     models_dir: Path
     work_dir: Path
     device: str | None = None
@@ -29,7 +32,23 @@ class FlowSettings:
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "FlowSettings":
         folder = data_dir(env)
         return cls(
+            registry=Settings.from_env(env),
             models_dir=Path(env.get("HYDRACAT_MODELS_DIR") or folder / "models"),
             work_dir=Path(env.get("HYDRACAT_WORK_DIR") or folder / "work"),
             device=env.get("HYDRACAT_DEVICE") or None,
         )
+
+    @classmethod
+    def in_folder(cls, root: Path, models_dir: Path | None = None, **registry: str) -> "FlowSettings":
+        """Everything inside `root`: SQLite ``registry.db``, ``objects/``, ``models/``, ``work/``;
+        `registry` replaces registry settings (``database_url``, ``store_url``, ``s3_bucket``, ...)."""
+        settings = Settings(database_url=f"sqlite:///{root / 'registry.db'}", store_path=root / "objects")
+        return cls(replace(settings, **registry), models_dir or root / "models", root / "work")
+
+    def to_env(self) -> dict[str, str]:
+        """Every HYDRACAT_* variable `from_env` reads, set so that it reads back these settings."""
+        return self.registry.to_env() | {
+            "HYDRACAT_MODELS_DIR": str(self.models_dir),
+            "HYDRACAT_WORK_DIR": str(self.work_dir),
+            "HYDRACAT_DEVICE": self.device or "",
+        }

@@ -96,6 +96,10 @@ class Registry:
         settings = settings or Settings.from_env()
         return cls(make_engine(settings.database_url), open_store(settings))
 
+    def close(self) -> None:
+        """Close the database connections this registry's engine holds (it reconnects if used again)."""
+        self._engine.dispose()
+
     @contextmanager
     def _read(self) -> Iterator[Session]:
         with self._sessions() as session, session.begin():

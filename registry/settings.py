@@ -50,3 +50,15 @@ class Settings:
             s3_prefix=env.get("HYDRACAT_S3_PREFIX", ""),
             api_token=env.get("HYDRACAT_API_TOKEN") or None,
         )
+
+    def to_env(self) -> dict[str, str]:
+        """Every HYDRACAT_* variable `from_env` reads, set so that it reads back these settings."""
+        return {
+            "HYDRACAT_DATABASE_URL": self.database_url,
+            "HYDRACAT_STORE_PATH": str(self.store_path),
+            "HYDRACAT_STORE_URL": self.store_url or "",
+            "HYDRACAT_S3_ENDPOINT_URL": self.s3_endpoint_url or "",
+            "HYDRACAT_S3_BUCKET": self.s3_bucket or "",
+            "HYDRACAT_S3_PREFIX": self.s3_prefix,
+            "HYDRACAT_API_TOKEN": self.api_token or "",
+        }

@@ -82,6 +82,7 @@ def test_sync_consolidate_rerun_update_and_rollback(catalog, tmp_path):
 
 def test_inspect_refuses_names_that_cannot_be_task_folders(sources):
     from flows.catalog import AdapterFolder, read_folder
+    from flows.settings import FlowSettings
     from hydraopt.errors import HydraoptError
 
     local = sources["adapters"]["b-task-0"]
@@ -89,7 +90,7 @@ def test_inspect_refuses_names_that_cannot_be_task_folders(sources):
         "b task 0", "1", "adapters/b task 0/1", ("adapter_config.json", "adapter_model.safetensors")
     )
     with pytest.raises(HydraoptError, match="not a safe folder name"):
-        read_folder(folder, local)
+        read_folder(folder, local, FlowSettings.from_env())
 
 
 def test_sync_quarantines_the_bad_input_corpus_and_still_registers_the_rest(

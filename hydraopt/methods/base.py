@@ -29,7 +29,8 @@ class MergeMethod:
     gets the deltas of one module (one per task, float32, on the compute device), the task ->
     head assignment, the resolved params and (keyword `module`) the module's name, for methods
     whose randomness must differ per module; it returns A' with exactly `rank` rows and one B'
-    per head.
+    per head. `refinable`: its merges can go through refinement and distillation
+    (`hydraopt.evaluation.pipeline`).
     """
 
     name: str
@@ -37,3 +38,4 @@ class MergeMethod:
     merge_module: MergeModule
     assign: Assign = single_head
     description: str = ""
+    refinable: bool = False

@@ -194,4 +194,5 @@ HYDRAOPT = MergeMethod(
     merge_module=merge_module,
     assign=assign,
     description="shared A' + K heads B', closed form (HydraOpt, data-free)",
+    refinable=True,
 )
