@@ -27,6 +27,7 @@ from bench.smollm2 import SMOLLM2_NAME, smollm2_folder
 from bench.training import TrainingConfig, train_lora_with_bar
 from flows.base_models import load_causal_lm
 from flows.prefect_setup import apply_defaults, ensure_api
+from flows.settings import FlowSettings
 from hydraopt.evaluation import builtin_suite
 from hydraopt.evaluation.suite import TaskSet, write_task_jsonl
 from hydraopt.formats.layout import PEFT_FILES, adapter_key, model_slug
@@ -70,16 +71,6 @@ def train_adapters(
     return adapters
 
 
-def embedded_settings(workdir: Path) -> dict[str, str]:
-    """The HYDRACAT_* settings of the demo: everything inside `workdir`."""
-    return {
-        "HYDRACAT_DATABASE_URL": f"sqlite:///{workdir / 'registry.db'}",
-        "HYDRACAT_STORE_PATH": str(workdir / "objects"),
-        "HYDRACAT_MODELS_DIR": str(workdir / "models"),
-        "HYDRACAT_WORK_DIR": str(workdir / "work"),
-    }
-
-
 def drop_into_store(adapters: dict[str, Path], tasks: list[TaskSet]) -> None:
     """Each adapter and its eval set under adapters/<task>/1/ of the configured store."""
     from flows.resources import open_registry
@@ -117,9 +108,7 @@ def run_demo(args: argparse.Namespace) -> int:
     apply_defaults({"PREFECT_HOME": str(cache / "prefect")})
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    for name in ("HYDRACAT_STORE_URL", "HYDRACAT_S3_BUCKET"):
-        os.environ.pop(name, None)
-    os.environ.update(embedded_settings(workdir))
+    os.environ.update(FlowSettings.in_folder(workdir).to_env())  # the embedded defaults, all in workdir
 
     folder, base_name, tasks, config = base_and_tasks(cache, args.base)
     say(f"base model {base_name}; {len(tasks)} tasks: {', '.join(t.name for t in tasks)}")

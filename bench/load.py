@@ -38,6 +38,7 @@ from bench.consistency import (
     record_commit_times,
 )
 from flows.processes import child_env, free_port, stop_process, wait_until_answering
+from flows.settings import FlowSettings
 from registry.errors import NotFoundError
 
 MIX = {"current": 0.6, "bundle": 0.25, "adapters": 0.15}
@@ -394,15 +395,10 @@ def load_under_publishing(
 
     workdir.mkdir(parents=True, exist_ok=True)
     url = database_url or f"sqlite:///{workdir / 'registry.db'}"
-    settings = {
-        "HYDRACAT_DATABASE_URL": url,
-        "HYDRACAT_STORE_URL": (workdir / "objects").absolute().as_uri(),
-        "HYDRACAT_MODELS_DIR": str(workdir / "models"),
-        "HYDRACAT_WORK_DIR": str(workdir / "work"),
-    }
+    settings = FlowSettings.in_folder(workdir, database_url=url).to_env()
     names = [f"load-task-{i}" for i in range(tasks)]
     timings = {}
-    with environment(settings, drop=("HYDRACAT_S3_BUCKET", "HYDRACAT_API_TOKEN")), ExitStack() as cleanup:
+    with environment(settings), ExitStack() as cleanup:
         engine = make_engine(url)
         cleanup.callback(engine.dispose)
         upgrade(engine)

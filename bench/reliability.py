@@ -33,6 +33,7 @@ from bench import faults
 from bench.bad_inputs import BAD_KEYS, refusal_matches, write_bad_adapters
 from bench.host import host_info
 from bench.synthetic import build_tiny_base, llama_attention_shapes, write_random_lora
+from flows.settings import FlowSettings
 from hydraopt.formats.layout import ADAPTERS_PREFIX, BUNDLES_PREFIX, adapter_key, model_slug
 from registry.api import Registry
 from registry.errors import NotFoundError
@@ -113,16 +114,13 @@ def throwaway_catalog(root: Path) -> Iterator[Catalog]:
         "AWS_ACCESS_KEY_ID": "bench",
         "AWS_SECRET_ACCESS_KEY": "bench",
         "AWS_DEFAULT_REGION": "us-east-1",
-        "HYDRACAT_DATABASE_URL": database_url,
-        "HYDRACAT_S3_BUCKET": BUCKET,
-        "HYDRACAT_S3_ENDPOINT_URL": endpoint,
-        "HYDRACAT_MODELS_DIR": str(root / "models"),
-        "HYDRACAT_WORK_DIR": str(root / "work"),
     }
+    env |= FlowSettings.in_folder(
+        root, database_url=database_url, s3_bucket=BUCKET, s3_endpoint_url=endpoint
+    ).to_env()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request
     with mock.patch.dict(os.environ, env):
-        os.environ.pop("HYDRACAT_STORE_URL", None)
         server.start()
         try:
             boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)

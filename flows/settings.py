@@ -46,9 +46,10 @@ class FlowSettings:
         return cls(replace(settings, **registry), models_dir or root / "models", root / "work")
 
     def to_env(self) -> dict[str, str]:
-        """Every HYDRACAT_* variable `from_env` reads, set so that it reads back these settings."""
+        """The HYDRACAT_* variables `from_env` reads back as these settings: every one that names the
+        catalog; HYDRACAT_DEVICE only when set (the machine's choice, left to its environment)."""
+        device = {"HYDRACAT_DEVICE": self.device} if self.device else {}
         return self.registry.to_env() | {
             "HYDRACAT_MODELS_DIR": str(self.models_dir),
             "HYDRACAT_WORK_DIR": str(self.work_dir),
-            "HYDRACAT_DEVICE": self.device or "",
-        }
+        } | device

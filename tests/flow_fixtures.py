@@ -12,6 +12,7 @@ import pytest
 
 from bench.synthetic import llama_attention_shapes, write_random_lora
 from flows.prefect_setup import temporary_server
+from flows.settings import FlowSettings
 from hydraopt.evaluation.suite import write_task_jsonl
 from registry.api import Registry
 from registry.db import make_engine
@@ -63,15 +64,12 @@ def sources_fixture(tmp_path_factory, tiny_lm, tiny_task_adapters, tiny_tasks) -
 @pytest.fixture(name="catalog")
 def catalog_fixture(db_url, s3_bucket, s3_endpoint, sources, tmp_path, monkeypatch, harness) -> dict:
     """HYDRACAT_* settings for this test: its database, its bucket, the two base models."""
-    for name, value in {
-        "HYDRACAT_DATABASE_URL": db_url,
-        "HYDRACAT_S3_BUCKET": s3_bucket,
-        "HYDRACAT_S3_ENDPOINT_URL": s3_endpoint,
-        "HYDRACAT_MODELS_DIR": str(sources["root"] / "models"),
-        "HYDRACAT_WORK_DIR": str(tmp_path / "work"),
-    }.items():
+    settings = FlowSettings.in_folder(
+        tmp_path, sources["root"] / "models", database_url=db_url, s3_bucket=s3_bucket,
+        s3_endpoint_url=s3_endpoint,
+    )  # fmt: skip
+    for name, value in settings.to_env().items():
         monkeypatch.setenv(name, value)
-    monkeypatch.delenv("HYDRACAT_STORE_URL", raising=False)
     store = S3Store(s3_bucket, "", endpoint_url=s3_endpoint)
     for name, folder in sources["adapters"].items():
         upload(store, folder, f"adapters/{name}/1")

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from flows.prefect_setup import copy_database
+from flows.settings import FlowSettings
 from tests.registry_fixtures import free_port
 
 CONSOLIDATE_PARAMETERS = {
@@ -36,12 +37,7 @@ def served(tmp_path_factory, prefect_template):
     copy_database(prefect_template, folder / "prefect" / "prefect.db")  # migrating: see test_prefect_setup
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "HYDRACAT_"))}
-    env |= {
-        "PREFECT_HOME": str(folder / "prefect"),
-        "HYDRACAT_DATABASE_URL": f"sqlite:///{folder / 'registry.db'}",
-        "HYDRACAT_STORE_PATH": str(folder / "objects"),
-        "HYDRACAT_WORK_DIR": str(folder / "work"),
-    }
+    env |= {"PREFECT_HOME": str(folder / "prefect")} | FlowSettings.in_folder(folder).to_env()
     command = [sys.executable, "-m", "flows.cli", "serve", "--port", str(port)]
     log = (folder / "serve.log").open("w")
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
