@@ -33,7 +33,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 from pydantic import Field
 
-from flows.catalog import ADAPTER_FILES, EVAL_FILE, RETRIES
+from flows.catalog import RETRIES
 from flows.locks import group_lock
 from flows.model_sources import BaseModelUnavailable, hub_adapter, resolve_base_model
 from flows.resources import open_registry
@@ -44,7 +44,7 @@ from hydraopt.evaluation.activations import input_statistics
 from hydraopt.evaluation.distillation import References, distill, references
 from hydraopt.evaluation.suite import TaskSet, read_task_jsonl
 from hydraopt.formats.bundle import write_bundle
-from hydraopt.formats.layout import MANIFEST_FILE, bundle_key, model_slug
+from hydraopt.formats.layout import EVAL_FILE, MANIFEST_FILE, PEFT_FILES, bundle_key, model_slug
 from hydraopt.formats.peft_lora import load_adapter
 from hydraopt.merge import MergeResult, merge_adapters
 from hydraopt.metrics import reconstruction_errors
@@ -100,7 +100,7 @@ def fetch(registry: Registry, row: dict, cache: Path) -> Path:
             for file in found.files:
                 shutil.copyfile(found.folder / file, staging / file)
         else:
-            for file in (*ADAPTER_FILES, EVAL_FILE):
+            for file in (*PEFT_FILES, EVAL_FILE):
                 if file != EVAL_FILE or registry.store.exists(f"{key}/{file}"):
                     registry.store.download(f"{key}/{file}", staging / file)
         staging.rename(folder)
