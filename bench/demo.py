@@ -91,7 +91,7 @@ def print_table(result: dict) -> None:
         if "bundle_id" in group:
             refined = ", refined" if group["refined"] else ""
             title += f", bundle {group['bundle_id']} (K={group['heads']}, r'={group['rank']}{refined}, "
-            title += f"storage {group['storage_ratio']:.3f} of the individual adapters)"
+            title += f"storage {group['storage']['ratio']:.3f} of the individual adapters)"
         print(title)
         print(f"{'task':<18} {'head':>4} {'metric':<12} {'original':>8} {'merged':>8} {'retention':>9}  gate")
         for row in group["tasks"]:

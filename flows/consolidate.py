@@ -45,7 +45,7 @@ from hydraopt.evaluation.activations import input_statistics
 from hydraopt.evaluation.distillation import references
 from hydraopt.evaluation.pipeline import DistillStep, MergePipeline
 from hydraopt.evaluation.suite import TaskSet, read_task_jsonl
-from hydraopt.formats.bundle import write_bundle
+from hydraopt.formats.bundle import task_rows, write_bundle
 from hydraopt.formats.layout import EVAL_FILE, MANIFEST_FILE, PEFT_FILES, bundle_key, model_slug
 from hydraopt.formats.peft_lora import load_adapter
 from hydraopt.methods import METHODS, MergeMethod
@@ -243,10 +243,12 @@ def upload_bundle(registry: Registry, folder: Path, key: str) -> str:
 
 
 def metrics_of(scores: dict[str, TaskScore], originals: dict[str, TaskScore], decision) -> dict:
+    """The manifest's per-task metrics: the metric's name, its value before and after the merge."""
     return {
         task: {
-            "metric_value": score.value,
-            "original_value": originals[task].value,
+            "metric": score.metric,
+            "original": originals[task].value,
+            "merged": score.value,
             "retention": decision.verdicts[task].retention,
             **({"agreement": score.agreement, "kl": score.kl} if score.agreement is not None else {}),
         }
@@ -267,9 +269,10 @@ def consolidate_group(
     dry_run: bool,
     flow_run_id: str,
 ) -> dict:
-    """Merge, evaluate and (unless dry run) publish one group; returns its summary and per-task rows.
+    """Merge, evaluate and (unless dry run) publish one group; returns its summary.
 
-    Holds the group's lock throughout; a killed worker's lock is dropped with its process.
+    Its "tasks" are `task_rows` with each task's gate verdict ("passed", "reason"). Holds the
+    group's lock throughout; a killed worker's lock is dropped with its process.
     """
     logger = get_run_logger()
     settings = FlowSettings.from_env()
@@ -298,9 +301,7 @@ def consolidate_group(
                                     device=settings.device)  # fmt: skip
             excluded = outcome.excluded
             if outcome.result is None:
-                left = [
-                    {"group": label, "task": t, "passed": False, "reason": why} for t, why in excluded.items()
-                ]
+                left = [{"task": t, "passed": False, "reason": why} for t, why in excluded.items()]
                 return {"group": label, "status": "gate failed", "tasks": left, "excluded": excluded}
             result, decision = outcome.result, outcome.decision
             scores = pipeline.score(result)
@@ -309,23 +310,15 @@ def consolidate_group(
             scores = pipeline.score(result)
             decision = gate.decide(pipeline.originals, scores)
         members = [a for a in adapters if a.task_name in result.tasks]
+        metrics = metrics_of(scores, pipeline.originals, decision)
+        rows = task_rows({task: result.assignment[task] for task in decision.verdicts}, metrics)
         tasks = [
-            {
-                "group": label,
-                "task": task,
-                "head": result.assignment[task],
-                "metric": scores[task].metric,
-                "original": pipeline.originals[task].value,
-                "merged": scores[task].value,
-                "retention": verdict.retention,
-                "passed": verdict.passed,
-                "reason": verdict.reason,
-            }
-            for task, verdict in decision.verdicts.items()
+            row | {"passed": verdict.passed, "reason": verdict.reason}
+            for row, verdict in zip(rows, decision.verdicts.values(), strict=True)
         ]
         tasks += [
-            {"group": label, "task": t, "passed": False, "reason": f"left on its adapter: {why}"}
-            for t, why in excluded.items()
+            {"task": task, "passed": False, "reason": f"left on its adapter: {why}"}
+            for task, why in excluded.items()
         ]
         summary = {
             "group": label,
@@ -352,7 +345,7 @@ def consolidate_group(
                 members,
                 result,
                 Path(tmp) / "bundle",
-                metrics=metrics_of(scores, pipeline.originals, decision),
+                metrics=metrics,
                 extra=extra,
             )
             key = bundle_key(members[0].base_model, manifest["bundle_id"])
@@ -364,8 +357,12 @@ def consolidate_group(
             manifest["bundle_id"],
             len(published["moves"]),
         )
-        storage = manifest["storage"]["ratio"]
-        return summary | {"status": "published", "bundle_id": manifest["bundle_id"], "storage_ratio": storage}
+        return summary | {
+            "status": "published",
+            "bundle_id": manifest["bundle_id"],
+            "bundle_uri": uri,
+            "storage": manifest["storage"],
+        }
 
 
 @task(**RETRIES, cache_policy=NO_CACHE)
@@ -427,7 +424,7 @@ def consolidate(
         for label, rows in groups.items()
     ]
     results = [future.result() for future in futures]
-    rows = [row for result in results for row in result["tasks"]]
+    rows = [{"group": result["group"]} | row for result in results for row in result["tasks"]]
     create_table_artifact(
         key="consolidate-tasks",
         table=rows or [{"result": "no tasks evaluated"}],
@@ -440,7 +437,7 @@ def consolidate(
 def summary_markdown(results: list[dict], dry_run: bool) -> str:
     lines = ["| group | status | method | K | r' | storage | tasks |", "|---|---|---|---|---|---|---|"]
     for r in results:
-        storage = f"{r['storage_ratio']:.3f}" if "storage_ratio" in r else "-"
+        storage = f"{r['storage']['ratio']:.3f}" if "storage" in r else "-"
         lines.append(
             f"| {r['group']} | {r['status']} | {r.get('method', '-')} | {r.get('heads', '-')} | "
             f"{r.get('rank', '-')} | {storage} | {len(r['tasks'])} |"

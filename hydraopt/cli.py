@@ -1,4 +1,8 @@
-"""`hydracat merge`: merge PEFT LoRA folders into a bundle and print one JSON object."""
+"""`hydracat merge`: merge PEFT LoRA folders into a bundle and print one JSON object.
+
+`{"bundle_id", "bundle_uri", "method", "params", "storage", "tasks"}`: the manifest's `storage`,
+and `tasks` as `task_rows` (head and relative reconstruction error per task).
+"""
 
 import argparse
 import json
@@ -6,7 +10,7 @@ import sys
 from pathlib import Path
 
 from hydraopt.errors import HydraoptError
-from hydraopt.formats.bundle import write_bundle
+from hydraopt.formats.bundle import task_rows, write_bundle
 from hydraopt.formats.peft_lora import load_adapter
 from hydraopt.merge import merge_adapters
 from hydraopt.methods import METHODS
@@ -67,17 +71,13 @@ def run_merge(args: argparse.Namespace) -> int:
     except (HydraoptError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    storage = manifest["storage"]
     summary = {
         "bundle_id": manifest["bundle_id"],
-        "path": str(args.out),
+        "bundle_uri": args.out.resolve().as_uri(),
         "method": manifest["method"],
         "params": manifest["params"],
-        "storage": {k: storage[k] for k in ("source_params", "bundle_params", "ratio")},
-        "tasks": {
-            m["task"]: {"head": m["head"], "relative_error": manifest["metrics"][m["task"]]["relative_error"]}
-            for m in manifest["members"]
-        },
+        "storage": manifest["storage"],
+        "tasks": task_rows({m["task"]: m["head"] for m in manifest["members"]}, manifest["metrics"]),
     }
     print(json.dumps(summary, indent=2))
     return 0

@@ -1,10 +1,12 @@
-"""The registry's Python API. Every method returns plain JSON-ready dicts.
-
-`Registry.current_bundle(task)` is the one shape the CLI and HTTP surfaces return as well:
+"""The registry's Python API. Every method returns plain JSON-ready dicts, in the shapes the CLI
+and HTTP surfaces return as well (README.md, "JSON shapes"):
 
 ```
-{"task", "alias", "bundle_id", "bundle_uri", "base_model": {"name", "revision"}, "head",
- "adapter": {"id", "name", "version", "sha256"}, "task_adapter_uri", "updated_at", "manifest"}
+current_bundle  {"task", "alias", "bundle_id", "bundle_uri", "base_model": {"name", "revision"},
+                 "head", "adapter": {"id", "name", "version", "sha256"}, "task_adapter_uri",
+                 "updated_at", "manifest"}
+get_bundle      {"bundle_id", "base_model", "bundle_uri", "created_at",
+                 "members": [{"task", "head", "adapter"}], "metrics", "manifest" (without members)}
 ```
 `task_adapter_uri` is `<bundle_uri>/tasks/<task>`: a standard PEFT LoRA for that task.
 
@@ -54,6 +56,8 @@ from registry.settings import Settings
 from registry.store import ObjectStore, open_store
 
 T = TypeVar("T")
+
+ADAPTER_REF_FIELDS = ("id", "name", "version", "sha256")  # `adapter_ref`, and the query's Adapter columns
 
 # Built once: constructing this select costs as much as running it.
 CURRENT_BUNDLE_QUERY = (
@@ -434,7 +438,7 @@ class Registry:
             "bundle_uri": uri,
             "base_model": {"name": base_name, "revision": base_revision or None},
             "head": head,
-            "adapter": dict(zip(("id", "name", "version", "sha256"), adapter, strict=True)),
+            "adapter": dict(zip(ADAPTER_REF_FIELDS, adapter, strict=True)),
             "task_adapter_uri": f"{uri.rstrip('/')}/tasks/{task}",
             "updated_at": updated_at.isoformat(),
             "manifest": manifest,
@@ -614,12 +618,8 @@ def base_model_dict(base: BaseModel) -> dict:
 
 
 def adapter_ref(adapter: Adapter) -> dict:
-    return {
-        "id": adapter.id,
-        "name": adapter.name,
-        "version": adapter.version,
-        "sha256": adapter.sha256,
-    }
+    """The adapter version a bundle member or a task's current bundle serves."""
+    return {field: getattr(adapter, field) for field in ADAPTER_REF_FIELDS}
 
 
 def adapter_dict(adapter: Adapter) -> dict:
@@ -653,24 +653,21 @@ def base_model_source_dict(source: BaseModelSource) -> dict:
 
 
 def bundle_dict(bundle: Bundle) -> dict:
+    """A bundle with its lineage: each member once, as `members` (not again in the manifest)."""
     metrics: dict[str, dict[str, float]] = {}
     for evaluation in bundle.evaluations:
         metrics.setdefault(evaluation.task.name, {})[evaluation.metric] = evaluation.value
     return {
         "bundle_id": bundle.id,
         "base_model": base_model_dict(bundle.base_model),
-        "uri": bundle.uri,
+        "bundle_uri": bundle.uri,
         "created_at": bundle.created_at.isoformat(),
         "members": [
-            {
-                "task": member.task.name,
-                "head": member.head,
-                "adapter": adapter_ref(member.adapter),
-            }
+            {"task": member.task.name, "head": member.head, "adapter": adapter_ref(member.adapter)}
             for member in bundle.members
         ],
         "metrics": metrics,
-        "manifest": bundle.manifest,
+        "manifest": {field: value for field, value in bundle.manifest.items() if field != "members"},
     }
 
 

@@ -56,7 +56,7 @@ def test_sync_consolidate_rerun_update_and_rollback(catalog, tmp_path):
         assert current["manifest"]["gate"]["publish"] is True
     assert set(bundles.values()) == set(first["published"])
     metrics = registry.current_bundle("alpha")["manifest"]["metrics"]["alpha"]
-    assert metrics["retention"] == pytest.approx(1.0) and metrics["original_value"] >= 0.9
+    assert metrics["retention"] == pytest.approx(1.0) and metrics["original"] >= 0.9
     models = catalog["sources"]["root"] / "models"
     peft_model = load_with_peft(store, registry.current_bundle("b-task-3"), models / BASE_B, tmp_path / "b3")
     assert peft_model.peft_config["default"].r == LOSSLESS["rank"]

@@ -13,7 +13,7 @@ import hashlib
 import json
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -51,7 +51,10 @@ def compute_bundle_id(members: Sequence[tuple[str, str]], method: str, params: d
 def build_manifest(
     adapters: Sequence[Adapter], result: MergeResult, metrics: dict | None = None, extra: dict | None = None
 ) -> dict:
-    """The manifest.json content for `result` (without file sizes, which the writer adds)."""
+    """The manifest.json content for `result` (storage without the file size, which the writer adds).
+
+    `metrics` maps task -> {measure: value}; `task_rows` shows them per task.
+    """
     members = [(a.task_name, a.sha256) for a in adapters]
     first = adapters[0]
     return {
@@ -82,6 +85,14 @@ def build_manifest(
         "flow_run_id": None,
         "created_at": datetime.now(UTC).isoformat(),
     } | (extra or {})
+
+
+def task_rows(heads: Mapping[str, int], metrics: Mapping[str, dict]) -> list[dict]:
+    """Per-task results, one row per task of `heads` (task -> head): {"task", "head", **metrics[task]}.
+
+    The one per-task shape: `hydracat merge` and the consolidate flow print these rows.
+    """
+    return [{"task": task, "head": head, **metrics.get(task, {})} for task, head in heads.items()]
 
 
 def bundle_tensors(result: MergeResult) -> dict[str, torch.Tensor]:
@@ -123,7 +134,8 @@ def write_bundle(
         for task, head in result.assignment.items():
             modules = {m: (s.A, s.B[head]) for m, s in result.modules.items()}
             write_peft_lora(staging / task_folder(task), modules, result.rank, template, result.dtype)
-        manifest["storage"]["bundle_file_bytes"] = (staging / BUNDLE_TENSORS_FILE).stat().st_size
+        file_bytes = (staging / BUNDLE_TENSORS_FILE).stat().st_size
+        manifest["storage"] = storage_report(adapters, result, file_bytes).to_dict()
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         if out_dir.exists():
             out_dir.rmdir()
