@@ -54,8 +54,9 @@ from registry.errors import RegistryError
 
 AUTO, AUTO_SEARCHES = "auto", "hydraopt"  # auto: the smallest HydraOpt setting that passes the gate
 Method = Literal[(*METHODS, AUTO)]  # the UI offers every registered method
-Heads = Annotated[int | None, Field(ge=1, description="B' heads K (default: one per task)")]
-Rank = Annotated[int | None, Field(ge=1, description="rank r' of A' (default: max source rank)")]
+KNOBS = {field.name: field.metadata["help"] for field in fields(METHODS[AUTO_SEARCHES].params_type)}
+Heads = Annotated[int | None, Field(ge=1, description=KNOBS["heads"])]
+Rank = Annotated[int | None, Field(ge=1, description=KNOBS["rank"])]
 MinRetention = Annotated[float, Field(gt=0, le=1, description="gate: minimum retention per task")]
 BaseModelFilter = Annotated[str | None, Field(description="only this base model's adapters")]
 DryRun = Annotated[bool, Field(description="merge and evaluate, publish nothing")]

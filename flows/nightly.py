@@ -6,45 +6,36 @@ says; run directly (a script, the demo, tests), or where no such deployment exis
 in-process as a subflow.
 """
 
+import inspect
+from typing import Any
+
 from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import deployment
 
 from flows.catalog import sync_catalog
-from flows.consolidate import (
-    BaseModelFilter,
-    DistillSteps,
-    DryRun,
-    Heads,
-    Method,
-    MinRetention,
-    Rank,
-    Refine,
-    consolidate,
-)
+from flows.consolidate import consolidate
 from flows.prefect_setup import ensure_api
+from hydraopt.formats.layout import ADAPTERS_PREFIX
 
 CONSOLIDATE_DEPLOYMENT = "consolidate/consolidate"
 
 
+def with_consolidate_parameters(function):
+    """`function`'s own parameters, then consolidate's: declared once (in `consolidate`), shown and
+    validated by Prefect as nightly's own."""
+    own = [p for p in inspect.signature(function).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    theirs = inspect.signature(consolidate.fn).parameters.values()
+    function.__signature__ = inspect.signature(function).replace(parameters=[*own, *theirs])
+    return function
+
+
 @flow(name="nightly")
-def nightly(
-    prefix: str = "adapters/",
-    method: Method = "hydraopt",
-    heads: Heads = None,
-    rank: Rank = None,
-    min_retention: MinRetention = 0.97,
-    base_model: BaseModelFilter = None,
-    refine: Refine = True,
-    distill_steps: DistillSteps = 0,
-    dry_run: DryRun = False,
-) -> dict:
+@with_consolidate_parameters
+def nightly(prefix: str = ADAPTERS_PREFIX, **parameters: Any) -> dict:
     """Register new adapters from the bucket, then merge, evaluate and publish every group."""
     synced = sync_catalog(prefix)
-    parameters = {"method": method, "heads": heads, "rank": rank, "min_retention": min_retention,
-                  "base_model": base_model, "refine": refine, "distill_steps": distill_steps,
-                  "dry_run": dry_run}  # fmt: skip
     return {"sync": synced, "consolidate": run_consolidate(parameters)}
 
 

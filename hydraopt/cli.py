@@ -5,8 +5,12 @@ and `tasks` as `task_rows` (head and relative reconstruction error per task).
 """
 
 import argparse
+import dataclasses
 import json
 import sys
+import types
+import typing
+from collections.abc import Callable
 from pathlib import Path
 
 from hydraopt.errors import HydraoptError
@@ -25,15 +29,10 @@ def add_merge_command(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("sources", nargs="+", metavar="SRC_DIR", help="PEFT LoRA adapter folders")
     parser.add_argument("--method", default="hydraopt", choices=sorted(METHODS))
-    parser.add_argument("--heads", type=int, help="K, number of B' heads (hydraopt; default: one per task)")
-    parser.add_argument("--rank", type=int, help="r', rank of the shared A' (default: max source rank)")
-    parser.add_argument("--assign", type=Path, help="JSON file mapping task -> head index (hydraopt)")
-    parser.add_argument("--density", type=float, help="fraction kept by ties/dare pruning")
-    parser.add_argument("--seed", type=int, help="seed for clustering (hydraopt) or DARE dropping")
-    parser.add_argument(
-        "--weighting", choices=("absolute", "relative"),
-        help="hydraopt loss: Σ‖ΔW_i−ΔW'_i‖² (absolute, default) or Σ of relative errors (relative)",
-    )  # fmt: skip
+    for knob in method_knobs():
+        metavar = "FILE" if knob.parse is read_json_file else None
+        parser.add_argument(knob.flag, dest=knob.name, type=knob.parse, choices=knob.choices, metavar=metavar,
+                            help=knob.help)  # fmt: skip
     parser.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
     parser.add_argument(
         "--allow-unsupported",
@@ -44,17 +43,70 @@ def add_merge_command(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_merge)
 
 
+@dataclasses.dataclass(frozen=True)
+class Knob:
+    """One `hydracat merge` flag: a params field of one or more methods (same name, same flag)."""
+
+    name: str
+    flag: str
+    parse: Callable[[str], typing.Any]
+    choices: tuple | None
+    help: str
+
+
+def method_knobs() -> list[Knob]:
+    """A flag per params field of the registered methods (`hydraopt.methods.base.knob`), with the
+    methods that have it and each one's default in its help."""
+    seen: dict[str, list[tuple[str, dataclasses.Field]]] = {}
+    for method in METHODS.values():
+        for field in dataclasses.fields(method.params_type):
+            seen.setdefault(field.name, []).append((method.name, field))
+    knobs = []
+    for name, users in seen.items():
+        method, field = users[0]
+        hint = typing.get_type_hints(METHODS[method].params_type)[name]
+        helps = dict.fromkeys(f.metadata.get("help", "") for _, f in users)
+        defaults = {m: f.default for m, f in users if f.default is not None}
+        if len(set(defaults.values())) == 1:
+            defaults = {"": next(iter(defaults.values()))}
+        said = ", ".join(f"{m} {v}".strip() for m, v in defaults.items())
+        where = ", ".join(m for m, _ in users) + (f"; default {said}" if said else "")
+        parse = parser_of(hint)
+        what = "JSON file: " if parse is read_json_file else ""
+        knobs.append(Knob(name, "--" + field.metadata.get("flag", name).replace("_", "-"), parse,
+                          field.metadata.get("choices"), f"{what}{'; '.join(helps)} ({where})"))  # fmt: skip
+    return knobs
+
+
+def parser_of(hint: typing.Any) -> Callable[[str], typing.Any]:
+    """How a flag's text becomes the field's value: a number or text, comma-separated numbers for a
+    list, a JSON file for a mapping."""
+    if isinstance(hint, types.UnionType):
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    origin = typing.get_origin(hint)
+    if origin is list:
+        item = typing.get_args(hint)[0]
+        return lambda text: [item(value) for value in text.split(",")]
+    if origin is dict:
+        return read_json_file
+    return hint
+
+
+def read_json_file(path: str) -> typing.Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise argparse.ArgumentTypeError(f"{path}: {exc}") from None
+
+
 def show_progress(done: int, total: int) -> None:
     print(f"\rmerging modules {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
 
 
 def run_merge(args: argparse.Namespace) -> int:
     try:
-        params = {"heads": args.heads, "rank": args.rank, "density": args.density, "seed": args.seed,
-                  "weighting": args.weighting}  # fmt: skip
-        if args.assign:
-            params["assignment"] = json.loads(args.assign.read_text())
-        params = {k: v for k, v in params.items() if v is not None}
+        given = {knob.name: getattr(args, knob.name) for knob in method_knobs()}
+        params = {name: value for name, value in given.items() if value is not None}
         adapters = [load_adapter(src) for src in args.sources]
         print(f"loaded {len(adapters)} adapters", file=sys.stderr)
         result = merge_adapters(

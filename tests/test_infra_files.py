@@ -417,7 +417,9 @@ def test_prefect_yaml_entrypoint_exists(prefect_yaml: dict, name: str) -> None:
     node = flow_function(path, function)
     assert node is not None, f"{file} defines no top-level function {function}"
     assert flow_name(node) == DEPLOYMENTS[name][1], f"{function} is not the @flow {DEPLOYMENTS[name][1]!r}"
-    arguments = {a.arg for a in [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]}
+    from prefect.flows import load_flow_from_entrypoint
+
+    arguments = set(load_flow_from_entrypoint(str(path) + ":" + function).parameters.properties)
     unknown = set(deployment["parameters"]) - arguments
     assert not unknown, f"{name} passes {sorted(unknown)}, which {function} does not take"
 

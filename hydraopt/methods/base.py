@@ -5,14 +5,22 @@ and once for the whole group (`assign`) to map tasks to B' heads.
 """
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hydraopt.adapter import Adapter
 from hydraopt.factors import SharedLowRank
 
+RANK_HELP = "r', rank of the shared A' (default: the largest source rank)"
 MergeModule = Callable[..., SharedLowRank]
 Assign = Callable[[Sequence[Adapter], Any], list[int]]
+
+
+def knob(default: Any = None, help: str = "", **cli: Any) -> Any:
+    """A field of a params dataclass with its help text; `cli` hints for `hydracat merge`
+    (`flag`: another flag name, `choices`: the allowed values). CLI flags and flow parameters
+    are derived from these fields."""
+    return field(default=default, metadata={"help": help, **cli})
 
 
 def single_head(adapters: Sequence[Adapter], params: Any) -> list[int]:

@@ -15,7 +15,9 @@ import torch
 
 from hydraopt.adapter import Adapter
 from hydraopt.factors import LoraDelta, SharedLowRank, pad_rank, squared_norm
-from hydraopt.methods.base import MergeMethod
+from hydraopt.methods.base import RANK_HELP, MergeMethod, knob
+
+WEIGHTINGS = ("absolute", "relative")
 
 
 @dataclass(frozen=True)
@@ -24,18 +26,20 @@ class HydraOptParams:
     source rank), an explicit `assignment` task -> head (default: clustering when K < N),
     and the clustering `seed`."""
 
-    rank: int | None = None
-    heads: int | None = None
-    assignment: dict[str, int] | None = None
-    seed: int = 0
-    weighting: str = "absolute"
+    rank: int | None = knob(help=RANK_HELP)
+    heads: int | None = knob(help="K, number of B' heads (default: one per task)")
+    assignment: dict[str, int] | None = knob(
+        help="task -> head index (default: tasks clustered when K < N)", flag="assign"
+    )
+    seed: int = knob(0, help="seed of the task clustering")
+    weighting: str = knob(
+        "absolute", choices=WEIGHTINGS,
+        help="loss: Σ‖ΔW_i−ΔW'_i‖² (absolute) or the sum of relative errors (relative)",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
-
-
-WEIGHTINGS = ("absolute", "relative")
 
 
 def task_weights(deltas: Sequence[LoraDelta], weighting: str) -> torch.Tensor:

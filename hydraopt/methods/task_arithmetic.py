@@ -14,18 +14,19 @@ from typing import Literal
 import torch
 
 from hydraopt.factors import LoraDelta, SharedLowRank, pad_rank, truncated_svd
-from hydraopt.methods.base import MergeMethod
+from hydraopt.methods.base import RANK_HELP, MergeMethod, knob
 
 Sparsify = Literal["magnitude", "random"]
 SIGN_METHODS = ("total", "frequency")
+SIGN_HELP = "sign election: by the summed update (total) or by count (frequency)"
 
 
 @dataclass(frozen=True)
 class TaskArithmeticParams:
     """Σ w_i ΔW_i; `weights` default 1/N (the mean update); `rank` r' of the result."""
 
-    rank: int | None = None
-    weights: list[float] | None = None
+    rank: int | None = knob(help=RANK_HELP)
+    weights: list[float] | None = knob(help="per-task weights, comma-separated in the sources' order")
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,10 @@ class TiesParams:
     `weights` default 1.0 (the disjoint mean already averages).
     """
 
-    rank: int | None = None
-    weights: list[float] | None = None
-    density: float = 0.5
-    majority_sign_method: str = "total"
+    rank: int | None = knob(help=RANK_HELP)
+    weights: list[float] | None = knob(help="per-task weights, comma-separated in the sources' order")
+    density: float = knob(0.5, help="fraction of each update's entries kept by pruning")
+    majority_sign_method: str = knob("total", choices=SIGN_METHODS, help=SIGN_HELP)
 
 
 @dataclass(frozen=True)
@@ -48,21 +49,21 @@ class DareLinearParams:
     `weights` default 1/N (the mean update).
     """
 
-    rank: int | None = None
-    weights: list[float] | None = None
-    density: float = 0.5
-    seed: int = 0
+    rank: int | None = knob(help=RANK_HELP)
+    weights: list[float] | None = knob(help="per-task weights, comma-separated in the sources' order")
+    density: float = knob(0.5, help="fraction of each update's entries kept by pruning")
+    seed: int = knob(0, help="seed of the random drop")
 
 
 @dataclass(frozen=True)
 class DareTiesParams:
     """DARE dropping, then TIES sign election and disjoint mean; `weights` default 1.0."""
 
-    rank: int | None = None
-    weights: list[float] | None = None
-    density: float = 0.5
-    majority_sign_method: str = "total"
-    seed: int = 0
+    rank: int | None = knob(help=RANK_HELP)
+    weights: list[float] | None = knob(help="per-task weights, comma-separated in the sources' order")
+    density: float = knob(0.5, help="fraction of each update's entries kept by pruning")
+    majority_sign_method: str = knob("total", choices=SIGN_METHODS, help=SIGN_HELP)
+    seed: int = knob(0, help="seed of the random drop")
 
 
 BaselineParams = TaskArithmeticParams | TiesParams | DareLinearParams | DareTiesParams
