@@ -1,10 +1,11 @@
 """`consolidate`: merge each group of compatible adapters, evaluate, publish behind the gate.
 
-1. Plan: the newest active version of every registered adapter, downloaded once (cached by
-   sha256 under HYDRACAT_WORK_DIR; from the object store, or the hub for an ``hf://`` URI) and
-   grouped by compatibility key: the canonical base model and revision the registry recorded at
-   registration (so a hub id and a trainer path aliased to it group together), adapter type,
-   module shapes.
+1. Plan: the newest active version of every registered adapter, grouped by the compatibility key
+   the registry recorded at registration (`Registry.compatible_groups`): the canonical base model
+   and revision (so a hub id and a trainer path aliased to it group together), adapter type and
+   module-shape digest. A version registered before the digest was recorded is downloaded once to
+   compute and record it. A group's adapters are downloaded when it is merged (cached by sha256
+   under HYDRACAT_WORK_DIR; from the object store, or the hub for an ``hf://`` URI).
 2. One task per group, run concurrently; a lock per group in the registry database
    (`flows.locks`, dropped the moment its holder dies) keeps two runs from merging or publishing
    the same group at once. A group whose every task already serves a bundle of exactly these
@@ -33,7 +34,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 from pydantic import Field
 
-from flows.catalog import ADAPTER_FILES, EVAL_FILE, RETRIES
+from flows.catalog import RETRIES
 from flows.locks import group_lock
 from flows.model_sources import BaseModelUnavailable, hub_adapter, resolve_base_model
 from flows.resources import open_registry
@@ -44,7 +45,7 @@ from hydraopt.evaluation.activations import input_statistics
 from hydraopt.evaluation.distillation import References, distill, references
 from hydraopt.evaluation.suite import TaskSet, read_task_jsonl
 from hydraopt.formats.bundle import write_bundle
-from hydraopt.formats.layout import MANIFEST_FILE, bundle_key, model_slug
+from hydraopt.formats.layout import EVAL_FILE, MANIFEST_FILE, PEFT_FILES, bundle_key, model_slug
 from hydraopt.formats.peft_lora import load_adapter
 from hydraopt.merge import MergeResult, merge_adapters
 from hydraopt.metrics import reconstruction_errors
@@ -74,17 +75,6 @@ DistillSteps = Annotated[
 # planning
 
 
-def newest_active(rows: list[dict], base_model: str | None) -> list[dict]:
-    """Per adapter name, its most recently registered active version."""
-    newest: dict[str, dict] = {}
-    for row in rows:
-        if row["status"] != "active" or (base_model and row["base_model"]["name"] != base_model):
-            continue
-        if row["name"] not in newest or row["id"] > newest[row["name"]]["id"]:
-            newest[row["name"]] = row
-    return [newest[name] for name in sorted(newest)]
-
-
 def fetch(registry: Registry, row: dict, cache: Path) -> Path:
     """The adapter folder of a registry row, downloaded once per sha256 (object store or hf://)."""
     folder = cache / row["sha256"]
@@ -100,7 +90,7 @@ def fetch(registry: Registry, row: dict, cache: Path) -> Path:
             for file in found.files:
                 shutil.copyfile(found.folder / file, staging / file)
         else:
-            for file in (*ADAPTER_FILES, EVAL_FILE):
+            for file in (*PEFT_FILES, EVAL_FILE):
                 if file != EVAL_FILE or registry.store.exists(f"{key}/{file}"):
                     registry.store.download(f"{key}/{file}", staging / file)
         staging.rename(folder)
@@ -126,13 +116,12 @@ def load_member(row: dict, folder: Path) -> Adapter:
     return adapter
 
 
-def group_label(adapter: Adapter) -> str:
-    """`<base-model-slug>-<hash of the compatibility key>`: names the group and its lock."""
-    key = adapter.compat_key()
-    digest = hashlib.sha256(
-        repr((key.base_model, key.revision, key.adapter_type, sorted(key.modules))).encode()
-    )
-    return f"{model_slug(adapter.base_model)}-{digest.hexdigest()[:8]}".lower()
+def group_label(group: dict) -> str:
+    """`<base-model-slug>-<hash of the compatibility key>` of a `Registry.compatible_groups` group:
+    names the group and its lock."""
+    base = group["base_model"]
+    key = (base["name"], base["revision"], group["adapter_type"], group["modules_digest"])
+    return f"{model_slug(base['name'])}-{hashlib.sha256(repr(key).encode()).hexdigest()[:8]}".lower()
 
 
 def requested_params(method: str, heads: int | None, rank: int | None) -> dict:
@@ -267,13 +256,12 @@ def _restrict(result: MergeResult, tasks: list[str]) -> MergeResult:
 # publishing
 
 
-def upload_bundle(registry: Registry, folder: Path, key: str) -> str:
-    """Every file of the bundle folder under `key`, manifest.json last; returns the bundle URI."""
+def upload_bundle(registry: Registry, folder: Path, key: str) -> None:
+    """Every file of the bundle folder under `key`, manifest.json last."""
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     files.sort(key=lambda p: p.name == MANIFEST_FILE)
     for path in files:
         registry.store.put_file(f"{key}/{path.relative_to(folder).as_posix()}", path)
-    return registry.store.uri_for(key)
 
 
 def metrics_of(scores: dict[str, TaskScore], originals: dict[str, TaskScore], decision) -> dict:
@@ -390,8 +378,8 @@ def consolidate_group(
                 extra=extra,
             )
             key = bundle_key(members[0].base_model, manifest["bundle_id"])
-            uri = publish_objects(Path(tmp) / "bundle", key)
-        published = publish_records(manifest, uri, flow_run_id)
+            publish_objects(Path(tmp) / "bundle", key)
+        published = publish_records(manifest, key, flow_run_id)
         logger.info(
             "group %s: published bundle %s, %d alias moves",
             label,
@@ -403,13 +391,13 @@ def consolidate_group(
 
 
 @task(**RETRIES, cache_policy=NO_CACHE)
-def publish_objects(folder: Path, key: str) -> str:
-    return upload_bundle(open_registry(), folder, key)
+def publish_objects(folder: Path, key: str) -> None:
+    upload_bundle(open_registry(), folder, key)
 
 
 @task(**RETRIES, cache_policy=NO_CACHE)
-def publish_records(manifest: dict, uri: str, flow_run_id: str) -> dict:
-    return open_registry().publish_bundle(manifest, uri, reason="consolidate", actor=f"prefect:{flow_run_id}")
+def publish_records(manifest: dict, key: str, flow_run_id: str) -> dict:
+    return open_registry().publish_bundle(manifest, key, reason="consolidate", actor=f"prefect:{flow_run_id}")
 
 
 @task(**RETRIES, cache_policy=NO_CACHE)
@@ -426,15 +414,24 @@ def adapter_cache() -> Path:
     return cache
 
 
+def record_digests(registry: Registry, rows: list[dict]) -> None:
+    """Compute, from the loaded adapters, and record the module-shape digests the rows lack."""
+    cache = adapter_cache()
+    for row in rows:
+        digest = load_member(row, fetch(registry, row, cache)).compat_key().modules_digest
+        registry.record_modules_digest(row["name"], row["version"], digest)
+
+
 @task(**RETRIES, cache_policy=NO_CACHE)
 def plan_groups(base_model: str | None) -> dict[str, list[dict]]:
-    """Newest active adapter versions grouped by compatibility key: {label: [registry rows]}."""
+    """Newest active adapter versions grouped by the registry's compatibility keys: {label: [rows]}."""
     registry = open_registry()
-    cache = adapter_cache()
-    groups: dict[str, list[dict]] = {}
-    for row in newest_active(registry.list_adapters(status="active"), base_model):
-        groups.setdefault(group_label(load_member(row, fetch(registry, row, cache))), []).append(row)
-    return groups
+    groups = registry.compatible_groups(base_model)
+    unkeyed = [row for group in groups if group["modules_digest"] is None for row in group["adapters"]]
+    if unkeyed:
+        record_digests(registry, unkeyed)
+        groups = registry.compatible_groups(base_model)
+    return {group_label(group): group["adapters"] for group in groups}
 
 
 @flow(name="consolidate")
