@@ -203,6 +203,7 @@ def judge(registry: Registry, folder: AdapterFolder, local: Path, settings: Flow
         "rank": adapter.max_rank,
         "alpha": float(config.get("lora_alpha", adapter.max_rank)),
         "targets": sorted(config.get("target_modules") or []),
+        "modules_digest": adapter.compat_key().modules_digest,
     }
     try:
         base = resolve_base_model(registry, adapter.base_model, adapter.revision, settings)
@@ -285,7 +286,8 @@ def keep_pending(registry: Registry, row: dict, reason: str) -> dict:
     """A pending version still waiting for its base model, its reason brought up to date."""
     if row["pending_reason"] != reason:
         base, revision = base_of(row)
-        fields = {key: row[key] for key in ("sha256", "uri", "adapter_type", "rank", "alpha", "targets")}
+        copied = ("sha256", "uri", "adapter_type", "rank", "alpha", "targets", "modules_digest")
+        fields = {key: row[key] for key in copied}
         row = registry.register_adapter_version(
             row["name"],
             row["version"],

@@ -1,10 +1,11 @@
 """`consolidate`: merge each group of compatible adapters, evaluate, publish behind the gate.
 
-1. Plan: the newest active version of every registered adapter, downloaded once (cached by
-   sha256 under HYDRACAT_WORK_DIR; from the object store, or the hub for an ``hf://`` URI) and
-   grouped by compatibility key: the canonical base model and revision the registry recorded at
-   registration (so a hub id and a trainer path aliased to it group together), adapter type,
-   module shapes.
+1. Plan: the newest active version of every registered adapter, grouped by the compatibility key
+   the registry recorded at registration (`Registry.compatible_groups`): the canonical base model
+   and revision (so a hub id and a trainer path aliased to it group together), adapter type and
+   module-shape digest. A version registered before the digest was recorded is downloaded once to
+   compute and record it. A group's adapters are downloaded when it is merged (cached by sha256
+   under HYDRACAT_WORK_DIR; from the object store, or the hub for an ``hf://`` URI).
 2. One task per group, run concurrently; a lock per group in the registry database
    (`flows.locks`, dropped the moment its holder dies) keeps two runs from merging or publishing
    the same group at once. A group whose every task already serves a bundle of exactly these
@@ -74,17 +75,6 @@ DistillSteps = Annotated[
 # planning
 
 
-def newest_active(rows: list[dict], base_model: str | None) -> list[dict]:
-    """Per adapter name, its most recently registered active version."""
-    newest: dict[str, dict] = {}
-    for row in rows:
-        if row["status"] != "active" or (base_model and row["base_model"]["name"] != base_model):
-            continue
-        if row["name"] not in newest or row["id"] > newest[row["name"]]["id"]:
-            newest[row["name"]] = row
-    return [newest[name] for name in sorted(newest)]
-
-
 def fetch(registry: Registry, row: dict, cache: Path, settings: FlowSettings) -> Path:
     """The adapter folder of a registry row, downloaded once per sha256 (object store or hf://)."""
     folder = cache / row["sha256"]
@@ -126,13 +116,12 @@ def load_member(row: dict, folder: Path) -> Adapter:
     return adapter
 
 
-def group_label(adapter: Adapter) -> str:
-    """`<base-model-slug>-<hash of the compatibility key>`: names the group and its lock."""
-    key = adapter.compat_key()
-    digest = hashlib.sha256(
-        repr((key.base_model, key.revision, key.adapter_type, sorted(key.modules))).encode()
-    )
-    return f"{model_slug(adapter.base_model)}-{digest.hexdigest()[:8]}".lower()
+def group_label(group: dict) -> str:
+    """`<base-model-slug>-<hash of the compatibility key>` of a `Registry.compatible_groups` group:
+    names the group and its lock."""
+    base = group["base_model"]
+    key = (base["name"], base["revision"], group["adapter_type"], group["modules_digest"])
+    return f"{model_slug(base['name'])}-{hashlib.sha256(repr(key).encode()).hexdigest()[:8]}".lower()
 
 
 def merge_method(method: str) -> MergeMethod:
@@ -234,13 +223,12 @@ def base_folder(
 # publishing
 
 
-def upload_bundle(registry: Registry, folder: Path, key: str) -> str:
-    """Every file of the bundle folder under `key`, manifest.json last; returns the bundle URI."""
+def upload_bundle(registry: Registry, folder: Path, key: str) -> None:
+    """Every file of the bundle folder under `key`, manifest.json last."""
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     files.sort(key=lambda p: p.name == MANIFEST_FILE)
     for path in files:
         registry.store.put_file(f"{key}/{path.relative_to(folder).as_posix()}", path)
-    return registry.store.uri_for(key)
 
 
 def metrics_of(scores: dict[str, TaskScore], originals: dict[str, TaskScore], decision) -> dict:
@@ -350,8 +338,8 @@ def consolidate_group(
                 extra=extra,
             )
             key = bundle_key(members[0].base_model, manifest["bundle_id"])
-            uri = publish_objects(Path(tmp) / "bundle", key)
-        published = publish_records(manifest, uri, flow_run_id)
+            publish_objects(Path(tmp) / "bundle", key)
+        published = publish_records(manifest, key, flow_run_id)
         logger.info(
             "group %s: published bundle %s, %d alias moves",
             label,
@@ -361,19 +349,19 @@ def consolidate_group(
         return summary | {
             "status": "published",
             "bundle_id": manifest["bundle_id"],
-            "bundle_uri": uri,
+            "bundle_uri": published["bundle"]["bundle_uri"],
             "storage": manifest["storage"],
         }
 
 
 @task(**RETRIES, cache_policy=NO_CACHE)
-def publish_objects(folder: Path, key: str) -> str:
-    return upload_bundle(open_registry(), folder, key)
+def publish_objects(folder: Path, key: str) -> None:
+    upload_bundle(open_registry(), folder, key)
 
 
 @task(**RETRIES, cache_policy=NO_CACHE)
-def publish_records(manifest: dict, uri: str, flow_run_id: str) -> dict:
-    return open_registry().publish_bundle(manifest, uri, reason="consolidate", actor=f"prefect:{flow_run_id}")
+def publish_records(manifest: dict, key: str, flow_run_id: str) -> dict:
+    return open_registry().publish_bundle(manifest, key, reason="consolidate", actor=f"prefect:{flow_run_id}")
 
 
 @task(**RETRIES, cache_policy=NO_CACHE)
@@ -390,16 +378,25 @@ def adapter_cache(settings: FlowSettings) -> Path:
     return cache
 
 
+def record_digests(registry: Registry, rows: list[dict], settings: FlowSettings) -> None:
+    """Compute, from the loaded adapters, and record the module-shape digests the rows lack."""
+    cache = adapter_cache(settings)
+    for row in rows:
+        digest = load_member(row, fetch(registry, row, cache, settings)).compat_key().modules_digest
+        registry.record_modules_digest(row["name"], row["version"], digest)
+
+
 @task(**RETRIES, cache_policy=NO_CACHE)
 def plan_groups(base_model: str | None) -> dict[str, list[dict]]:
-    """Newest active adapter versions grouped by compatibility key: {label: [registry rows]}."""
+    """Newest active adapter versions grouped by the registry's compatibility keys: {label: [rows]}."""
     settings = FlowSettings.from_env()
-    registry, cache = open_registry(settings.registry), adapter_cache(settings)
-    groups: dict[str, list[dict]] = {}
-    for row in newest_active(registry.list_adapters(status="active"), base_model):
-        adapter = load_member(row, fetch(registry, row, cache, settings))
-        groups.setdefault(group_label(adapter), []).append(row)
-    return groups
+    registry = open_registry(settings.registry)
+    groups = registry.compatible_groups(base_model)
+    unkeyed = [row for group in groups if group["modules_digest"] is None for row in group["adapters"]]
+    if unkeyed:
+        record_digests(registry, unkeyed, settings)
+        groups = registry.compatible_groups(base_model)
+    return {group_label(group): group["adapters"] for group in groups}
 
 
 @flow(name="consolidate")

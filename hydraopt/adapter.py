@@ -7,6 +7,7 @@ import torch
 
 from hydraopt.errors import IncompatibleAdaptersError, UnsupportedFeatureError
 from hydraopt.factors import LoraDelta
+from hydraopt.formats.compat import modules_digest
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,11 @@ class CompatKey:
     revision: str | None
     adapter_type: str
     modules: frozenset[tuple[str, int, int]]
+
+    @property
+    def modules_digest(self) -> str:
+        """The module-shape digest the registry records for the adapter version."""
+        return modules_digest(self.modules)
 
     def difference(self, other: "CompatKey") -> str:
         """A short human explanation of why two keys differ."""

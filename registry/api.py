@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, bindparam, select
+from sqlalchemy import Engine, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -86,8 +86,9 @@ CURRENT_BUNDLE_QUERY = (
 class Registry:
     """Adapters, bundles and task aliases in the registry database.
 
-    `store`, when given, is checked on `record_bundle`: a bundle inside it must have its
-    manifest written before its row is recorded.
+    With a `store`, bundles are recorded by their object key (`hydraopt.formats.layout.bundle_key`):
+    the store gives their URI, and their manifest must be written before their row is recorded.
+    Without one, `record_bundle` takes the URI as given.
     """
 
     def __init__(self, sessions: sessionmaker[Session] | Engine, store: ObjectStore | None = None):
@@ -136,10 +137,14 @@ class Registry:
         rank: int | None = None,
         alpha: float | None = None,
         targets: list[Any] | None = None,
+        modules_digest: str | None = None,
         quarantine_reason: str | None = None,
         pending_reason: str | None = None,
     ) -> dict:
         """Register an adapter version: quarantined with `quarantine_reason`, pending with `pending_reason`.
+
+        `modules_digest` (`hydraopt.formats.compat.modules_digest` of its module shapes), with the base
+        model and adapter type, is the version's compatibility key (`compatible_groups`).
 
         Registering the same name, version and sha256 again returns the existing row; the same
         name and version with another sha256 raises ConflictError. A pending version is a
@@ -166,6 +171,7 @@ class Registry:
                 "rank": rank,
                 "alpha": alpha,
                 "targets": list(targets or []),
+                "modules_digest": modules_digest,
                 "status": "quarantined" if quarantine_reason else "pending" if pending_reason else "active",
                 "quarantine_reason": quarantine_reason,
                 "pending_reason": pending_reason,
@@ -193,6 +199,57 @@ class Registry:
             query = query.where(Adapter.name == name)
         with self._read() as session:
             return [adapter_dict(adapter) for adapter in session.scalars(query)]
+
+    def compatible_groups(self, base_model: str | None = None) -> list[dict]:
+        """The newest active version of every adapter name (of `base_model` if given), grouped by
+        compatibility key: [{"base_model", "adapter_type", "modules_digest", "adapters": [...]}].
+
+        Groups come in the order of their first adapter's name, adapters by name. Versions whose
+        digest is not recorded yet (None: registered before migration 0003) share a group per base
+        model and adapter type; `record_modules_digest` files them.
+        """
+        newest = (
+            select(func.max(Adapter.id))
+            .select_from(Adapter)
+            .join(Adapter.base_model)
+            .where(Adapter.status == "active")
+            .group_by(Adapter.name)
+        )
+        if base_model is not None:
+            newest = newest.where(BaseModel.name == base_model)
+        groups: dict[tuple[int, str, str | None], dict] = {}
+        with self._read() as session:
+            adapters = session.scalars(select(Adapter).where(Adapter.id.in_(newest.scalar_subquery())))
+            for adapter in sorted(adapters, key=lambda adapter: adapter.name):
+                key = (adapter.base_model_id, adapter.adapter_type, adapter.modules_digest)
+                if key not in groups:
+                    groups[key] = {
+                        "base_model": base_model_dict(adapter.base_model),
+                        "adapter_type": adapter.adapter_type,
+                        "modules_digest": adapter.modules_digest,
+                        "adapters": [],
+                    }
+                groups[key]["adapters"].append(adapter_dict(adapter))
+        return list(groups.values())
+
+    def record_modules_digest(self, name: str, version: str, modules_digest: str) -> dict:
+        """Record the module-shape digest of a version registered without one (before migration 0003).
+
+        Recording the same digest again changes nothing; another one raises ConflictError.
+        """
+
+        def work(session: Session) -> dict:
+            adapter = _adapter(session, name, version)
+            if adapter.modules_digest not in (None, modules_digest):
+                raise ConflictError(
+                    f"adapter {name} {version} has modules digest {adapter.modules_digest},"
+                    f" not {modules_digest}"
+                )
+            adapter.modules_digest = modules_digest
+            session.flush()
+            return adapter_dict(adapter)
+
+        return self._write(work)
 
     def retire_adapter(self, name: str, version: str) -> dict:
         def work(session: Session) -> dict:
@@ -277,14 +334,18 @@ class Registry:
         self,
         bundle_id: str,
         base_model: str,
-        uri: str,
         manifest: dict,
         members: list[dict] | None = None,
         metrics: dict[str, dict[str, Any]] | None = None,
         *,
+        key: str | None = None,
+        uri: str | None = None,
         base_revision: str | None = None,
     ) -> dict:
         """Record a published bundle with its lineage and metrics; idempotent by bundle id.
+
+        The bundle is named by its object `key` in the registry's store, or, where the registry has
+        no store, by its `uri`.
 
         `members` (default: the manifest's) name registered adapter versions by `name` and
         `version` (or registry `adapter_id`), with their `task` and `head`. `metrics` (default:
@@ -298,15 +359,16 @@ class Registry:
         metrics = manifest.get("metrics", {}) if metrics is None else metrics
         if base_revision is None:
             base_revision = (manifest.get("base_model") or {}).get("revision")
-        self._check_published(uri)
+        uri = self._bundle_uri(key, uri)
         return self._write(
             lambda session: _record_bundle(
                 session, bundle_id, base_model, base_revision, uri, manifest, members, metrics
             )
         )
 
-    def publish_bundle(self, manifest: dict, uri: str, *, reason: str, actor: str) -> dict:
-        """Record the bundle of `manifest` and point every member task's "current" alias at it.
+    def publish_bundle(self, manifest: dict, key: str, *, reason: str, actor: str) -> dict:
+        """Record the bundle of `manifest`, at `key` in the store, and point every member task's
+        "current" alias at it.
 
         One transaction: either the bundle row, its lineage and every alias move are visible, or
         none is. Its objects must already be in the store. Tasks already on this bundle are not
@@ -315,7 +377,7 @@ class Registry:
         """
         bundle_id, members = manifest["bundle_id"], manifest["members"]
         base = manifest["base_model"]
-        self._check_published(uri)
+        uri = self._bundle_uri(key, None)
 
         def work(session: Session) -> dict:
             bundle = _record_bundle(
@@ -332,12 +394,20 @@ class Registry:
 
         return self._write(work)
 
-    def _check_published(self, uri: str) -> None:
-        key = self.store.key_for(uri) if self.store is not None else None
-        if key is not None and not self.store.exists(f"{key}/{MANIFEST_FILE}"):
+    def _bundle_uri(self, key: str | None, uri: str | None) -> str:
+        """The URI to record for a bundle: the store's for `key`, once its manifest is written there;
+        `uri` as given where the registry has no store."""
+        if self.store is None:
+            if key is not None or uri is None:
+                raise InvalidRequestError("the registry has no object store: record a bundle by its uri")
+            return uri
+        if key is None or uri is not None:
+            raise InvalidRequestError("record a bundle by its object key: the registry's store gives its uri")
+        if not self.store.exists(f"{key}/{MANIFEST_FILE}"):
             raise InvalidRequestError(
-                f"no {MANIFEST_FILE} at {uri}: write the bundle objects before recording it"
+                f"no {MANIFEST_FILE} under {key}: write the bundle objects before recording it"
             )
+        return self.store.uri_for(key)
 
     def get_bundle(self, bundle_id: str) -> dict:
         with self._read() as session:
@@ -634,6 +704,7 @@ def adapter_dict(adapter: Adapter) -> dict:
         "rank": adapter.rank,
         "alpha": adapter.alpha,
         "targets": adapter.targets,
+        "modules_digest": adapter.modules_digest,
         "status": adapter.status,
         "quarantine_reason": adapter.quarantine_reason,
         "pending_reason": adapter.pending_reason,

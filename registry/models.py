@@ -119,6 +119,8 @@ class Adapter(Base):
     rank: Mapped[int | None] = mapped_column(Integer)
     alpha: Mapped[float | None] = mapped_column(Float)
     targets: Mapped[list[Any]] = mapped_column(default=list)
+    # sha256 of the (module, d_out, d_in) set: with base model and adapter type, the compatibility key
+    modules_digest: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), default="active")
     quarantine_reason: Mapped[str | None] = mapped_column(Text)
     pending_reason: Mapped[str | None] = mapped_column(Text)

@@ -121,7 +121,7 @@ def seed(registry: Registry, bundle_ids: list[str], tasks: list[str]) -> None:
         )
     for bundle_id in bundle_ids:
         registry.record_bundle(
-            bundle_id, "tiny-llama", f"file:///bundles/{bundle_id}", manifest(bundle_id, tasks)
+            bundle_id, "tiny-llama", manifest(bundle_id, tasks), uri=f"file:///bundles/{bundle_id}"
         )
 
 

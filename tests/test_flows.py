@@ -80,6 +80,39 @@ def test_sync_consolidate_rerun_update_and_rollback(catalog, tmp_path):
     assert registry.current_bundle("b-task-1")["bundle_id"] == bundles["b-task-1"]
 
 
+def test_sync_records_compatibility_keys_and_planning_groups_by_them(catalog, monkeypatch):
+    from sqlalchemy import text
+
+    from flows.consolidate import load_member, plan_groups
+    from hydraopt.formats.peft_lora import load_adapter
+    from registry.db import make_engine
+
+    registry, folders = catalog["registry"], catalog["sources"]["adapters"]
+    sync_catalog()
+    rows = registry.list_adapters(status="active")
+    for row in rows:  # recorded at registration: the loaded adapter's own digest
+        assert row["modules_digest"] == load_adapter(folders[row["name"]]).compat_key().modules_digest
+    by_key: dict = {}  # how planning grouped before: by the compatibility key of the loaded adapters
+    for row in rows:
+        by_key.setdefault(load_member(row, folders[row["name"]]).compat_key(), []).append(row["name"])
+    loaded = sorted(sorted(names) for names in by_key.values())
+
+    def no_download(*_args):
+        raise AssertionError("planning downloaded an adapter whose key is recorded")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("flows.consolidate.fetch", no_download)
+        groups = plan_groups.fn(None)
+    assert sorted(sorted(row["name"] for row in group) for group in groups.values()) == loaded
+
+    engine = make_engine(catalog["db_url"])
+    with engine.begin() as connection:  # as versions registered before migration 0003 are
+        connection.execute(text("UPDATE adapters SET modules_digest = NULL WHERE name LIKE 'b-task-%'"))
+    engine.dispose()
+    assert plan_groups.fn(None) == groups  # each digest computed once from its adapter and recorded
+    assert registry.list_adapters(status="active") == rows
+
+
 def test_inspect_refuses_names_that_cannot_be_task_folders(sources):
     from flows.catalog import AdapterFolder, read_folder
     from flows.settings import FlowSettings

@@ -61,11 +61,65 @@ def test_list_adapters_filters_and_retire(registry: Registry):
         registry.list_adapters(status="gone")
 
 
+def test_compatible_groups_group_the_newest_active_versions_by_recorded_key(registry: Registry):
+    digest_1, digest_2 = "d1" * 32, "d2" * 32
+    for name, version, base, revision, digest in [
+        ("a", "1", "m", "main", digest_2),  # a's older version: only its newest counts
+        ("a", "2", "m", "main", digest_1),
+        ("b", "1", "m", "main", digest_1),
+        ("c", "1", "m", "main", digest_2),
+        ("d", "1", "m", "v2", digest_1),  # another revision
+        ("e", "1", "m2", None, digest_1),  # another base model
+    ]:
+        registry.register_adapter_version(
+            name, version, sha256=f"{name}{version}".ljust(64, "0"), uri="u", base_model=base,
+            base_revision=revision, modules_digest=digest,
+        )  # fmt: skip
+    registry.register_adapter_version(
+        "f", "1", sha256="f" * 64, uri="u", base_model="m", base_revision="main", adapter_type="vera",
+        modules_digest=digest_1,
+    )  # fmt: skip
+    registry.register_adapter_version("g", "1", sha256="9" * 64, uri="u", base_model="m", pending_reason="x")
+    registry.register_adapter_version(
+        "h", "1", sha256="8" * 64, uri="u", base_model="m", base_revision="main", modules_digest=digest_1
+    )
+    registry.retire_adapter("h", "1")
+
+    def shape(groups: list[dict]) -> list[tuple]:
+        return [
+            (g["base_model"]["name"], g["base_model"]["revision"], g["adapter_type"], g["modules_digest"],
+             [(a["name"], a["version"]) for a in g["adapters"]])
+            for g in groups
+        ]  # fmt: skip
+
+    assert shape(registry.compatible_groups()) == [
+        ("m", "main", "lora", digest_1, [("a", "2"), ("b", "1")]),
+        ("m", "main", "lora", digest_2, [("c", "1")]),
+        ("m", "v2", "lora", digest_1, [("d", "1")]),
+        ("m2", None, "lora", digest_1, [("e", "1")]),
+        ("m", "main", "vera", digest_1, [("f", "1")]),
+    ]
+    assert shape(registry.compatible_groups("m2")) == [("m2", None, "lora", digest_1, [("e", "1")])]
+    group = registry.compatible_groups("m")[0]
+    assert group["adapters"][0] == registry.list_adapters(name="a")[1]
+
+
+def test_a_modules_digest_is_recorded_once(registry: Registry):
+    row = registry.register_adapter_version("a", "1", sha256="1" * 64, uri="u", base_model="m")
+    assert row["modules_digest"] is None
+    assert registry.record_modules_digest("a", "1", "d" * 64)["modules_digest"] == "d" * 64
+    assert registry.record_modules_digest("a", "1", "d" * 64)["modules_digest"] == "d" * 64
+    with pytest.raises(ConflictError, match="has modules digest dddd"):
+        registry.record_modules_digest("a", "1", "e" * 64)
+    with pytest.raises(AdapterNotFoundError):
+        registry.record_modules_digest("a", "2", "d" * 64)
+
+
 def test_record_bundle_keeps_lineage_and_metrics_and_is_idempotent(registry: Registry):
     seed(registry, [], TASKS)
     doc = manifest("b1", TASKS)
-    recorded = registry.record_bundle("b1", "tiny-llama", "s3://bkt/bundles/b1", doc)
-    assert registry.record_bundle("b1", "tiny-llama", "s3://bkt/bundles/b1", doc) == recorded
+    recorded = registry.record_bundle("b1", "tiny-llama", doc, uri="s3://bkt/bundles/b1")
+    assert registry.record_bundle("b1", "tiny-llama", doc, uri="s3://bkt/bundles/b1") == recorded
     bundle = registry.get_bundle("b1")
     assert bundle == recorded
     assert bundle["base_model"] == {"name": "tiny-llama", "revision": "main"}
@@ -79,7 +133,7 @@ def test_record_bundle_keeps_lineage_and_metrics_and_is_idempotent(registry: Reg
     }
     assert bundle["manifest"] == json.loads(json.dumps({k: v for k, v in doc.items() if k != "members"}))
     with pytest.raises(ConflictError, match="already recorded"):
-        registry.record_bundle("b1", "tiny-llama", "s3://elsewhere/b1", doc)
+        registry.record_bundle("b1", "tiny-llama", doc, uri="s3://elsewhere/b1")
     with pytest.raises(BundleNotFoundError, match="'nope'"):
         registry.get_bundle("nope")
 
@@ -87,15 +141,15 @@ def test_record_bundle_keeps_lineage_and_metrics_and_is_idempotent(registry: Reg
 def test_record_bundle_refuses_unknown_or_mismatched_members(registry: Registry):
     seed(registry, [], TASKS)
     with pytest.raises(AdapterNotFoundError, match="other-adapter 1"):
-        registry.record_bundle("b2", "tiny-llama", "u", manifest("b2", ["other"]))
+        registry.record_bundle("b2", "tiny-llama", manifest("b2", ["other"]), uri="u")
     lying = manifest("b3", TASKS)
     lying["members"][0]["sha256"] = "0" * 64
     with pytest.raises(ConflictError, match="sst2-adapter 1 has sha256 0000"):
-        registry.record_bundle("b3", "tiny-llama", "u", lying)
+        registry.record_bundle("b3", "tiny-llama", lying, uri="u")
     with pytest.raises(InvalidRequestError, match="differs"):
-        registry.record_bundle("b4", "tiny-llama", "u", manifest("b5", TASKS))
+        registry.record_bundle("b4", "tiny-llama", manifest("b5", TASKS), uri="u")
     with pytest.raises(InvalidRequestError, match="distinct tasks"):
-        registry.record_bundle("b6", "tiny-llama", "u", manifest("b6", ["sst2", "sst2"]))
+        registry.record_bundle("b6", "tiny-llama", manifest("b6", ["sst2", "sst2"]), uri="u")
     with pytest.raises(BundleNotFoundError):  # nothing of the failed writes was kept
         registry.get_bundle("b3")
 
@@ -104,11 +158,29 @@ def test_record_bundle_requires_objects_in_store_first(db_url: str, tmp_path):
     store = LocalStore(tmp_path / "objects")
     registry = Registry(make_engine(db_url), store)
     seed(registry, [], TASKS)
-    uri = store.uri_for("bundles/tiny-llama/b1")
+    key = "bundles/tiny-llama/b1"
+    uri = store.uri_for(key)
     with pytest.raises(InvalidRequestError, match="write the bundle objects before"):
-        registry.record_bundle("b1", "tiny-llama", uri, manifest("b1", TASKS))
+        registry.record_bundle("b1", "tiny-llama", manifest("b1", TASKS), key=key)
     store.put_bytes("bundles/tiny-llama/b1/manifest.json", b"{}")
-    assert registry.record_bundle("b1", "tiny-llama", uri, manifest("b1", TASKS))["bundle_uri"] == uri
+    assert registry.record_bundle("b1", "tiny-llama", manifest("b1", TASKS), key=key)["bundle_uri"] == uri
+
+
+def test_bundles_are_recorded_by_key_with_a_store_and_by_uri_without(registry: Registry, db_url, tmp_path):
+    seed(registry, [], TASKS)
+    with pytest.raises(InvalidRequestError, match="no object store"):
+        registry.record_bundle("b1", "tiny-llama", manifest("b1", TASKS), key="bundles/tiny-llama/b1")
+    with pytest.raises(InvalidRequestError, match="no object store"):
+        registry.publish_bundle(manifest("b1", TASKS), "bundles/tiny-llama/b1", reason="", actor="x")
+    store = LocalStore(tmp_path / "objects")
+    with_store = Registry(make_engine(db_url), store)
+    store.put_bytes("bundles/tiny-llama/b1/manifest.json", b"{}")
+    with pytest.raises(InvalidRequestError, match="by its object key"):
+        with_store.record_bundle("b1", "tiny-llama", manifest("b1", TASKS), uri=store.uri_for("x"))
+    key = "bundles/tiny-llama/b1"
+    published = with_store.publish_bundle(manifest("b1", TASKS), key, reason="publish", actor="x")
+    assert published["bundle"]["bundle_uri"] == store.uri_for(key)
+    assert {move["task"] for move in published["moves"]} == set(TASKS)
 
 
 def test_current_bundle_shape_and_moves(registry: Registry):
@@ -159,7 +231,7 @@ def test_move_refuses_bundle_without_the_task(registry: Registry):
     registry.register_adapter_version(
         "x-adapter", "1", sha256=sha_of("x", "1"), uri="u", base_model="tiny-llama"
     )
-    registry.record_bundle("bx", "tiny-llama", "u", manifest("bx", ["x"]))
+    registry.record_bundle("bx", "tiny-llama", manifest("bx", ["x"]), uri="u")
     with pytest.raises(InvalidRequestError, match="'bx' has no adapter for task 'sst2'"):
         registry.move_alias("sst2", "bx", reason="", actor="x")
 
