@@ -134,7 +134,7 @@ def retry_delays(seconds: float) -> Iterator[None]:
 # A worker killed mid-run
 
 PAUSE_POINTS = {
-    "merge": ("flows.consolidate", "merge_adapters"),  # the group's lock held, nothing written
+    "merge": ("hydraopt.evaluation.pipeline", "merge_adapters"),  # the group's lock held, nothing written
     "commit": ("registry.api", "Registry.publish_bundle"),  # bundle objects uploaded, no row yet
 }
 CHILD = "import sys; from bench.faults import run_paused; run_paused(*sys.argv[1:])"

@@ -1,4 +1,4 @@
-"""The machine a benchmark ran on, recorded in every report."""
+"""The machine a benchmark runs on (recorded in every report) and the environment of its child processes."""
 
 import os
 import platform
@@ -23,3 +23,11 @@ def host_info() -> dict:
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
     }
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """This environment, plus the repository on PYTHONPATH, plus `extra`."""
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, **extra)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH", "")]))
+    return env

@@ -37,7 +37,8 @@ from bench.consistency import (
     check_answers,
     record_commit_times,
 )
-from flows.processes import child_env, free_port, stop_process, wait_until_answering
+from bench.host import child_env
+from flows.processes import free_port, stop_process, wait_until_answering
 from flows.settings import FlowSettings
 from registry.errors import NotFoundError
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from flows.processes import child_env
+from bench.host import child_env
 from hydraopt.formats.layout import ADAPTER_WEIGHTS_FILE, PEFT_FILES
 
 BASE_MODEL = "synthetic/llama-3.2-1b-attention"

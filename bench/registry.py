@@ -29,8 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.host import child_env
 from bench.load import Call, latency_stats, send_paced
-from flows.processes import child_env, free_port, stop_process, wait_until_answering
+from flows.processes import free_port, stop_process, wait_until_answering
 
 SEED = 1234
 BASE_MODEL = "meta-llama/Llama-3.2-1B"

@@ -1,20 +1,10 @@
-"""Child processes: their environment, a free port, wait until one answers over HTTP, stop one for good."""
+"""Child processes: a free port, wait until one answers over HTTP, stop one for good."""
 
-import os
 import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    """This environment, plus the repository on PYTHONPATH, plus `extra`."""
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, **extra)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH", "")]))
-    return env
 
 
 def free_port() -> int:

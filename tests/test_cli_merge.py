@@ -67,3 +67,25 @@ def test_bad_input_exits_2_with_a_message_and_no_traceback(peft_adapters, tmp_pa
     )
     assert run.returncode == 2 and "no parameter(s) ['heads']" in run.stderr
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_every_knob_of_every_method_is_a_flag_that_reaches_the_merge(peft_adapters, tmp_path):
+    from dataclasses import fields
+
+    from hydraopt.cli import method_knobs
+    from hydraopt.methods import METHODS
+
+    knobs = {knob.name for knob in method_knobs()}
+    assert knobs == {f.name for method in METHODS.values() for f in fields(method.params_type)}
+    weights = ",".join(str(0.1 * (i + 1)) for i in range(len(peft_adapters)))
+    run = hydracat(
+        "merge", "--method", "dare_ties", "--weights", weights, "--density", "0.3",
+        "--majority-sign-method", "frequency", "--seed", "7", "--out", str(tmp_path / "b"),
+        *map(str, peft_adapters),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    params = json.loads(run.stdout)["params"]
+    assert params["weights"] == [0.1 * (i + 1) for i in range(len(peft_adapters))]
+    assert (params["density"], params["majority_sign_method"], params["seed"]) == (0.3, "frequency", 7)
+    bad = hydracat("merge", "--weighting", "squared", "--out", str(tmp_path / "c"), *map(str, peft_adapters))
+    assert bad.returncode == 2 and "invalid choice: 'squared'" in bad.stderr
