@@ -31,8 +31,15 @@ def commands() -> dict[str, str]:
     return COMMANDS | {name: spec for name, spec in plugins.items() if name not in COMMANDS}
 
 
+class CommandUnavailable(Exception):
+    """An installed command whose code or dependencies cannot be imported here."""
+
+
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    """The parser of the command `argv` names (every command's when it names none it knows)."""
+    """The parser of the command `argv` names (every command's when it names none it knows).
+
+    Raises CommandUnavailable for a named command that cannot be imported; the full help leaves
+    such commands out (a product image without `bench/` still answers `hydracat --help`)."""
     parser = argparse.ArgumentParser(
         prog="hydracat", description="A LoRA adapter catalog that consolidates itself."
     )
@@ -42,13 +49,28 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     specs = [known[named]] if named in known else list(dict.fromkeys(known.values()))
     for spec in specs:
         module, function = spec.split(":")
-        getattr(importlib.import_module(module), function)(subparsers)
+        try:
+            add_command = getattr(importlib.import_module(module), function)
+        except ImportError as error:
+            if spec in COMMANDS.values():
+                raise  # a product command that cannot be imported is a broken install
+            if named not in known:
+                continue  # the full help lists the added commands that can be loaded here
+            raise CommandUnavailable(
+                f"hydracat {named} cannot be loaded here ({error}): it comes with the repository's "
+                "bench/ folder and needs pip install 'hydracat[bench]'"
+            ) from error
+        add_command(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(argv).parse_args(argv)
+    try:
+        args = build_parser(argv).parse_args(argv)
+    except CommandUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     try:
         return args.handler(args)
     except PrefectStartError as error:  # one line saying what to set, no traceback
