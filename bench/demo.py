@@ -25,10 +25,10 @@ from pathlib import Path
 
 from bench.smollm2 import SMOLLM2_NAME, smollm2_folder
 from bench.training import TrainingConfig, train_lora_with_bar
-from flows.base_models import load_causal_lm
 from flows.prefect_setup import apply_defaults, ensure_api
 from flows.settings import FlowSettings
 from hydraopt.evaluation import builtin_suite
+from hydraopt.evaluation.model import load_causal_lm
 from hydraopt.evaluation.suite import TaskSet, write_task_jsonl
 from hydraopt.formats.layout import PEFT_FILES, adapter_key, model_slug
 

@@ -32,7 +32,6 @@ import torch
 
 from bench.smollm2 import SMOLLM2_NAME, smollm2_folder
 from bench.training import TRAINING_FILE, TrainingConfig, train_lora_with_bar
-from flows.base_models import load_causal_lm
 from hydraopt.evaluation import (
     Evaluator,
     Gate,
@@ -44,6 +43,7 @@ from hydraopt.evaluation import (
 )
 from hydraopt.evaluation.activations import input_statistics
 from hydraopt.evaluation.distillation import references
+from hydraopt.evaluation.model import load_causal_lm
 from hydraopt.evaluation.pipeline import MergePipeline
 from hydraopt.evaluation.suite import TaskSet
 from hydraopt.formats.peft_lora import load_adapter

@@ -34,7 +34,6 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 from pydantic import Field
 
-from flows.base_models import load_causal_lm
 from flows.catalog import RETRIES
 from flows.locks import group_lock
 from flows.model_sources import BaseModelUnavailable, hub_adapter, resolve_base_model
@@ -44,6 +43,7 @@ from hydraopt.adapter import Adapter
 from hydraopt.evaluation import Evaluator, Gate, TaskScore, auto_hydraopt
 from hydraopt.evaluation.activations import input_statistics
 from hydraopt.evaluation.distillation import references
+from hydraopt.evaluation.model import load_causal_lm
 from hydraopt.evaluation.pipeline import DistillStep, MergePipeline
 from hydraopt.evaluation.suite import TaskSet, read_task_jsonl
 from hydraopt.formats.bundle import task_rows, write_bundle

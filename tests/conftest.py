@@ -2,16 +2,18 @@
 database migrated once, kept in .cache/prefect-test; a team's adapters on their own formats
 (`tests.team_fixtures`)."""
 
+import os
 from pathlib import Path
 
 import pytest
 
-from flows.prefect_setup import apply_defaults
 from tests.team_fixtures import chatml_lm_fixture, team_fixture  # noqa: F401 - session fixtures, made once
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "test-models"
-apply_defaults({"PREFECT_HOME": str(ROOT / ".cache" / "prefect-test")})  # before any test imports Prefect
+# Before any test imports Prefect; importing `flows` sets the project's other Prefect defaults.
+os.environ.setdefault("PREFECT_HOME", str(ROOT / ".cache" / "prefect-test"))
+Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +56,7 @@ def tiny_tasks():
 def tiny_lm(tiny_tasks):
     """(model, tokenizer): a tiny random Llama with a word-level tokenizer over the tiny tasks."""
     from bench.synthetic import build_tiny_lm
-    from flows.base_models import load_causal_lm
+    from hydraopt.evaluation.model import load_causal_lm
 
     return load_causal_lm(build_tiny_lm(CACHE / "tiny-lm", tiny_tasks))
 

@@ -5,10 +5,10 @@ import dataclasses
 import pytest
 import torch
 
-from flows.base_models import load_causal_lm
 from hydraopt import load_adapter, merge_adapters
 from hydraopt.evaluation import Evaluator, Gate, auto_hydraopt, settings
 from hydraopt.evaluation.function import encode_task, run_task
+from hydraopt.evaluation.model import load_causal_lm
 from hydraopt.evaluation.suite import Example, TaskSet
 from hydraopt.factors import SharedLowRank
 

@@ -1,4 +1,5 @@
-"""Load a base model for evaluation: a local Hugging Face model folder, with transformers."""
+"""The base model an evaluation runs on: a local Hugging Face model folder, loaded with transformers
+(imported on first use: `pip install 'hydracat[quality]'`)."""
 
 from pathlib import Path
 
