@@ -24,7 +24,7 @@ from sqlalchemy import Engine, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from hydraopt.formats.layout import MANIFEST_FILE
+from hydraopt.formats.layout import MANIFEST_FILE, TASKS_FOLDER
 from registry.db import WRITE_LOCK, make_engine, session_factory
 from registry.errors import (
     AdapterNotFoundError,
@@ -509,7 +509,7 @@ class Registry:
             "base_model": {"name": base_name, "revision": base_revision or None},
             "head": head,
             "adapter": dict(zip(ADAPTER_REF_FIELDS, adapter, strict=True)),
-            "task_adapter_uri": f"{uri.rstrip('/')}/tasks/{task}",
+            "task_adapter_uri": f"{uri.rstrip('/')}/{TASKS_FOLDER}/{task}",
             "updated_at": updated_at.isoformat(),
             "manifest": manifest,
         }
