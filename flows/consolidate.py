@@ -10,8 +10,9 @@
    (`flows.locks`, dropped the moment its holder dies) keeps two runs from merging or publishing
    the same group at once. A group whose every task already serves a bundle of exactly these
    adapter versions, method and parameters is skipped.
-3. Merge (`hydraopt.merge_adapters`, or `auto`: the smallest HydraOpt setting that passes the
-   gate, tasks that never pass are left on their original adapters), then evaluate each task:
+3. Merge through the group's `hydraopt.evaluation.pipeline.MergePipeline` (closed form, then
+   refinement and distillation where asked; or `auto`: the smallest HydraOpt setting that passes
+   the gate, tasks that never pass are left on their original adapters), then evaluate each task:
    on its eval set (``eval.jsonl`` beside the adapter) with the base model's resolved folder
    (`flows.model_sources`), or, without one, in weight space (1 − relative reconstruction error).
 4. Publish if the gate passes: bundle objects are uploaded first (manifest last), then one
