@@ -129,11 +129,12 @@ class MergePipeline:
         """Every task of `result` against its original: function space where it has an eval set."""
         key = (result.method, json.dumps(result.params, sort_keys=True, default=str), tuple(result.tasks))
         if key not in self.scores:
-            scores = weight_space_scores(self.adapters, result)
             in_result = [a.task_name for a in self.function_space if a.task_name in result.tasks]
+            scores = weight_space_scores([a for a in self.adapters if a.task_name not in in_result], result)
             if in_result:
                 if self.on_score:
                     self.on_score(result)
                 scores |= self.evaluator.merged(restricted(result, in_result))
-            self.scores[key] = scores
+            order = [a.task_name for a in self.adapters if a.task_name in scores]
+            self.scores[key] = {task: scores[task] for task in order}
         return self.scores[key]
