@@ -183,15 +183,14 @@ def group_pipeline(
     if tasks and base is not None:
         evaluator = Evaluator(*load_causal_lm(base, device), tasks)
     uncalibrated = sorted({a.task_name for a in adapters} - {t.name for t in tasks if t.train})
-    if not (refine or distill_steps):
-        why_not = None
-    elif evaluator is None:
-        why_not = "no eval sets or no base model to calibrate on"
-    elif uncalibrated:
-        why_not = f'no calibration rows (split "train") for {uncalibrated}'
-    else:
-        why_not = None
     calibrate = evaluator is not None and not uncalibrated
+    why_not = None
+    if (refine or distill_steps) and not calibrate:
+        why_not = (
+            f'no calibration rows (split "train") for {uncalibrated}'
+            if evaluator
+            else "no eval sets or no base model to calibrate on"
+        )
     model, tokenizer = (evaluator.model, evaluator.tokenizer) if evaluator else (None, None)
     pipeline = MergePipeline(
         adapters,
