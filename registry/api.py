@@ -208,18 +208,13 @@ class Registry:
         digest is not recorded yet (None: registered before migration 0003) share a group per base
         model and adapter type; `record_modules_digest` files them.
         """
-        newest = (
-            select(func.max(Adapter.id))
-            .select_from(Adapter)
-            .join(Adapter.base_model)
-            .where(Adapter.status == "active")
-            .group_by(Adapter.name)
-        )
-        if base_model is not None:
-            newest = newest.where(BaseModel.name == base_model)
+        newest = select(func.max(Adapter.id)).where(Adapter.status == "active").group_by(Adapter.name)
+        query = select(Adapter).where(Adapter.id.in_(newest.scalar_subquery()))
+        if base_model is not None:  # of the newest versions, those of `base_model`
+            query = query.join(Adapter.base_model).where(BaseModel.name == base_model)
         groups: dict[tuple[int, str, str | None], dict] = {}
         with self._read() as session:
-            adapters = session.scalars(select(Adapter).where(Adapter.id.in_(newest.scalar_subquery())))
+            adapters = session.scalars(query)
             for adapter in sorted(adapters, key=lambda adapter: adapter.name):
                 key = (adapter.base_model_id, adapter.adapter_type, adapter.modules_digest)
                 if key not in groups:

@@ -270,3 +270,16 @@ def test_merge_runs_are_upserted_by_flow_run_id(registry: Registry):
     assert run["started_at"] == "2026-01-02T03:04:05+00:00" and run["bundle_id"] is None
     done = registry.record_merge_run("run-1", status="completed", bundle_id="b1", timings={"merge_s": 1.5})
     assert done == run | {"status": "completed", "bundle_id": "b1", "timings": {"merge_s": 1.5}}
+
+
+def test_a_base_model_filter_keeps_only_newest_versions_that_are_on_it(registry: Registry):
+    """As before the query: the newest active version per name, then the filter (an adapter moved to
+    another base model does not bring its old version back into the old base model's group)."""
+    for version, base in [("1", "m"), ("2", "m2")]:
+        registry.register_adapter_version(
+            "a", version, sha256=version * 64, uri="u", base_model=base, modules_digest="d" * 64
+        )
+    assert registry.compatible_groups("m") == []
+    assert [(a["name"], a["version"]) for g in registry.compatible_groups("m2") for a in g["adapters"]] == [
+        ("a", "2")
+    ]

@@ -2,7 +2,7 @@
 
 Revision ID: 0003
 Revises: 0002
-Create Date: 2026-12-09
+Create Date: 2026-12-02
 
 - ``adapters.modules_digest``: sha256 over the sorted (module name, d_out, d_in) set of the version
   (`hydraopt.formats.compat.modules_digest`); with its base model, revision and adapter type it is the
