@@ -6,6 +6,7 @@ from bench.merge import add_merge_bench
 from bench.quality import add_quality_bench
 from bench.registry import add_registry_bench
 from bench.reliability import add_reliability_bench
+from bench.scale import add_scale_bench
 
 
 def add_bench_command(subparsers: argparse._SubParsersAction) -> None:
@@ -15,3 +16,4 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> None:
     add_registry_bench(benches)
     add_quality_bench(benches)
     add_reliability_bench(benches)
+    add_scale_bench(benches)

@@ -119,16 +119,21 @@ def retried_tasks() -> list["Task"]:
 
 @contextmanager
 def retry_delays(seconds: float) -> Iterator[None]:
-    """The retried tasks wait `seconds` between tries (same number of retries): faults in less time."""
+    """The retried tasks and steps (`flows.resources.retrying`) wait `seconds` between tries (same number
+    of retries): faults in less time."""
+    import flows.resources
+
     tasks = retried_tasks()
-    saved = [task.retry_delay_seconds for task in tasks]
+    saved = [task.retry_delay_seconds for task in tasks], flows.resources.RETRY_DELAYS_S
     for task in tasks:
         task.retry_delay_seconds = [seconds] * task.retries
+    flows.resources.RETRY_DELAYS_S = [seconds] * len(saved[1])
     try:
         yield
     finally:
-        for task, delays in zip(tasks, saved, strict=True):
+        for task, delays in zip(tasks, saved[0], strict=True):
             task.retry_delay_seconds = delays
+        flows.resources.RETRY_DELAYS_S = saved[1]
 
 
 # A worker killed mid-run
@@ -187,7 +192,6 @@ def kill_consolidate_at(stage: str, workdir: Path, timeout_s: float = 300, **kwa
 
 
 # The audit
-
 
 
 def bundle_files(manifest: dict) -> list[str]:

@@ -319,7 +319,7 @@ def worker_killed(catalog: Catalog) -> tuple[int, dict[str, bool]]:
         for stage in ("merge", "commit")
     ]
     busy = []
-    for label in plan_groups.fn(None):
+    for label in plan_groups(None):
         with group_lock(catalog.database_url, label, on_wait=lambda label=label: busy.append(label)):
             pass
     checks = {

@@ -8,19 +8,30 @@ Bucket layout: ``<prefix><name>/<version>/`` holding a PEFT LoRA (``adapter_conf
 its commit (config, safetensors weights, and the repo's own ``eval.jsonl`` if it has one) and
 registered with that ``hf://org/repo@<commit>`` URI. The adapter name is the task it serves.
 
-Each new folder is downloaded and checked: the safetensors header and every tensor, the config,
-the eval set, and the module shapes against its base model, resolved as `flows.model_sources`
-says (a registered base model or alias, an installed folder, a hub id). Valid folders are
-registered under the canonical base model; invalid ones are registered as quarantined with the
-reason, so they are reported once and never merged. A folder whose base model (or hub repo) cannot
-be had now is registered as pending with the reason, and looked at again by every run: each base
-model that pending folders wait for is resolved once, and a folder is downloaded again only when
-its base model resolves.
+One listing of the bucket and one query of the registered versions find the new folders; nothing
+else is read when there are none. New folders are checked in batches of `SYNC_BATCH`, one task run
+each, `SYNC_THREADS` folders at once: downloaded and checked (the safetensors header and every
+tensor, the config, the eval set, and the module shapes against its base model, resolved as
+`flows.model_sources` says: a registered base model or alias, an installed folder, a hub id; each
+base model resolved and its shapes read once per batch), then registered in one transaction.
+Valid folders are registered under the canonical base model with their compatibility key; invalid
+ones as quarantined with the reason, so they are reported once and never merged. A folder whose
+base model (or hub repo) cannot be had now is registered as pending with the reason, and looked at
+again by every run: each base model that pending folders wait for is resolved once, and a folder
+is downloaded again only when its base model resolves.
+
+The flow returns what this run registered (name/version lists, so their size follows what changed);
+its `sync-catalog` table artifact lists the first `ARTIFACT_ROWS` folders not registered active
+(Prefect sends an artifact's data in an event, which it refuses beyond 1.5 MB; the registry has them
+all: ``hydracat registry list --status quarantined``).
 """
 
 import hashlib
 import json
 import tempfile
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +39,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 from flows.model_sources import BaseModelFolder, BaseModelUnavailable, hub_adapter, resolve_base_model
-from flows.resources import open_registry, transient_error
+from flows.resources import RETRY_DELAYS_S, open_registry, retrying, transient_error
 from flows.settings import FlowSettings
 from hydraopt.adapter import Adapter
 from hydraopt.errors import HubUnavailableError, HydraoptError
@@ -43,13 +54,16 @@ from hydraopt.formats.layout import (
     check_task_name,
 )
 from hydraopt.formats.peft_lora import load_adapter
-from registry.api import Registry
+from registry.api import Registry, chunks
 from registry.store import ObjectStore
 from registry.store.base import InvalidKeyError, validate_key
 
 MAX_SOURCE_BYTES = 4096
 UNKNOWN = "unknown"  # the base model of a folder that could not be read
-RETRIES = dict(retries=3, retry_delay_seconds=[1, 4, 16], retry_condition_fn=transient_error)
+RETRIES = dict(retries=3, retry_delay_seconds=RETRY_DELAYS_S, retry_condition_fn=transient_error)
+SYNC_BATCH = 256  # folders per task run
+SYNC_THREADS = 8  # folders of a batch downloaded and checked at once
+ARTIFACT_ROWS = 500  # rows of the sync-catalog table artifact
 
 
 @dataclass(frozen=True)
@@ -96,7 +110,7 @@ def find_adapter_folders(keys: list[str], prefix: str) -> tuple[list[AdapterFold
 
 def download_folder(store: ObjectStore, folder: AdapterFolder, into: Path) -> Path:
     """The folder's files (only the known names: nothing else is fetched) into a local folder."""
-    local = into / folder.name
+    local = into / folder.name / folder.version
     local.mkdir(parents=True, exist_ok=True)
     for file in folder.files:
         if file in (*PEFT_FILES, EVAL_FILE, SOURCE_FILE):
@@ -172,9 +186,44 @@ def read_folder(folder: AdapterFolder, local: Path, settings: FlowSettings) -> t
     return adapter, hub_uri
 
 
-def check_shapes(adapter: Adapter, base: BaseModelFolder) -> None:
-    """Every module of the adapter exists in the base model with the update's shape."""
-    shapes = base_model_shapes(base.folder)
+class BaseModels:
+    """Base models resolved, and their weight shapes read, once each (for the threads of one batch)."""
+
+    def __init__(self, registry: Registry, settings: FlowSettings):
+        self.registry, self.settings = registry, settings
+        self._found: dict[tuple[str, str | None], BaseModelFolder | BaseModelUnavailable] = {}
+        self._shapes: dict[Path, dict[str, tuple[int, ...]]] = {}
+        self._locks: dict[object, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def _once(self, key: object) -> threading.Lock:
+        with self._lock:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def resolve(self, name: str, revision: str | None) -> BaseModelFolder:
+        """`resolve_base_model`, once per name and revision; raises BaseModelUnavailable as it did."""
+        with self._once((name, revision)):
+            if (name, revision) not in self._found:
+                try:
+                    self._found[name, revision] = resolve_base_model(
+                        self.registry, name, revision, self.settings
+                    )
+                except BaseModelUnavailable as exc:
+                    self._found[name, revision] = exc
+        found = self._found[name, revision]
+        if isinstance(found, BaseModelUnavailable):
+            raise found
+        return found
+
+    def shapes(self, base: BaseModelFolder) -> dict[str, tuple[int, ...]]:
+        with self._once(base.folder):
+            if base.folder not in self._shapes:
+                self._shapes[base.folder] = base_model_shapes(base.folder)
+        return self._shapes[base.folder]
+
+
+def check_shapes(adapter: Adapter, base: BaseModelFolder, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Every module of the adapter exists in the base model (weight `shapes`) with the update's shape."""
     for module, delta in sorted(adapter.modules.items()):
         weight = shapes.get(f"{module}.weight")
         if weight is None:
@@ -185,11 +234,11 @@ def check_shapes(adapter: Adapter, base: BaseModelFolder) -> None:
             )
 
 
-def judge(registry: Registry, folder: AdapterFolder, local: Path, settings: FlowSettings) -> dict:
+def judge(folder: AdapterFolder, local: Path, bases: BaseModels) -> dict:
     """Registration fields of a downloaded folder: active, quarantined or pending with the reason."""
-    uri = registry.store.uri_for(folder.key)
+    uri = bases.registry.store.uri_for(folder.key)
     try:
-        adapter, hub_uri = read_folder(folder, local, settings)
+        adapter, hub_uri = read_folder(folder, local, bases.settings)
     except Pending as exc:
         return {"sha256": files_digest(local), "uri": uri, "base_model": UNKNOWN, "pending_reason": str(exc)}
     except Exception as exc:  # noqa: BLE001 - any failure to read the downloaded files is bad input
@@ -206,13 +255,13 @@ def judge(registry: Registry, folder: AdapterFolder, local: Path, settings: Flow
         "modules_digest": adapter.compat_key().modules_digest,
     }
     try:
-        base = resolve_base_model(registry, adapter.base_model, adapter.revision, settings)
+        base = bases.resolve(adapter.base_model, adapter.revision)
     except BaseModelUnavailable as exc:
         named = {"base_model": adapter.base_model, "base_revision": adapter.revision}
         return fields | named | {"pending_reason": str(exc)}
     fields |= {"base_model": base.name, "base_revision": base.revision}
     try:
-        check_shapes(adapter, base)
+        check_shapes(adapter, base, bases.shapes(base))
         check_chat_rows(adapter, base)
     except HydraoptError as exc:
         fields["quarantine_reason"] = str(exc)
@@ -242,24 +291,27 @@ def has_chat_template(folder: Path) -> bool:
     return isinstance(config, dict) and bool(config.get("chat_template"))
 
 
-@task(**RETRIES)
-def list_bucket(prefix: str) -> list[str]:
-    return list(open_registry().store.list(prefix))
+def check_folder(folder: AdapterFolder, bases: BaseModels) -> dict:
+    """Download one folder into a scratch folder of its own and judge it: its registration fields."""
+    with tempfile.TemporaryDirectory(prefix="hydracat-sync-") as tmp:
+        local = download_folder(bases.registry.store, folder, Path(tmp))
+        return {"name": folder.name, "version": folder.version, **judge(folder, local, bases)}
 
 
-@task(**RETRIES, task_run_name="check {folder.name}/{folder.version}")
-def check_and_register(folder: AdapterFolder) -> dict:
-    """Download, judge and register one folder: status active, quarantined or pending.
+@task(**RETRIES, task_run_name="check {folders[0].name}/{folders[0].version} and {extra} more")
+def check_batch(folders: list[AdapterFolder], extra: int) -> list[dict]:
+    """Download and judge a batch of folders, `SYNC_THREADS` at once, then register them all in one
+    transaction (active, quarantined or pending); `extra` is len(folders) - 1, for the run's name.
 
     Only what was downloaded is judged: a store error or timeout fails the task (retried if
-    transient) before anything is registered, and never quarantines the folder.
+    transient) before anything is registered, and never quarantines a folder.
+    Returns each folder's result: {"name", "version", "status", "reason"}.
     """
     settings = FlowSettings.from_env()
-    registry = open_registry(settings.registry)
-    with tempfile.TemporaryDirectory(prefix="hydracat-sync-") as tmp:
-        fields = judge(registry, folder, download_folder(registry.store, folder, Path(tmp)), settings)
-    row = registry.register_adapter_version(folder.name, folder.version, **fields)
-    return result_of(row)
+    bases = BaseModels(open_registry(settings.registry), settings)
+    with ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="sync") as pool:
+        fields = list(pool.map(lambda folder: check_folder(folder, bases), folders))
+    return [result_of(row) for row in bases.registry.register_adapter_versions(fields)]
 
 
 @task(**RETRIES, task_run_name="resolve {name}")
@@ -299,34 +351,57 @@ def keep_pending(registry: Registry, row: dict, reason: str) -> dict:
     return result_of(row)
 
 
+def new_folders(registry: Registry, prefix: str) -> tuple[list[AdapterFolder], list[str], int]:
+    """The bucket's folders under `prefix` not registered yet or pending, the keys refused as
+    unsafe, and how many folders are known: one listing and one query."""
+    keys = retrying(lambda: list(registry.store.list(prefix)))
+    folders, refused = find_adapter_folders(keys, prefix)
+    known = retrying(registry.version_statuses)
+    todo = [f for f in folders if known.get((f.name, f.version), "pending") == "pending"]
+    return todo, refused, len(folders) - len(todo)
+
+
+def split_waiting(registry: Registry, todo: list[AdapterFolder]) -> tuple[list[AdapterFolder], list[dict]]:
+    """The folders to check now, and the results of the pending ones whose base model still cannot be
+    had (each such base model resolved once, in a task run of its own)."""
+    wanted = {(folder.name, folder.version) for folder in todo}
+    pending = retrying(lambda: registry.list_adapters(status="pending")) if todo else []
+    waiting = {key: row for row in pending if (key := (row["name"], row["version"])) in wanted}
+    bases = sorted({base_of(row) for row in waiting.values() if base_of(row)[0] != UNKNOWN}, key=str)
+    unavailable = {base: waiting_base_model(*base) for base in bases}
+    check, results = [], []
+    for folder in todo:
+        row = waiting.get((folder.name, folder.version))
+        reason = unavailable.get(base_of(row)) if row else None
+        if reason:
+            results.append(keep_pending(registry, row, reason))
+        else:
+            check.append(folder)
+    return check, results
+
+
 @flow(name="sync-catalog")
 def sync_catalog(prefix: str = ADAPTERS_PREFIX) -> dict:
     """Register the bucket's new adapter folders under `prefix`, quarantine invalid ones, and
     register the pending ones whose base model resolves now."""
     logger = get_run_logger()
     registry = open_registry()
-    rows = {(a["name"], a["version"]): a for a in registry.list_adapters()}
-    folders, refused = find_adapter_folders(list_bucket(prefix), prefix)
-    todo = [f for f in folders if rows.get((f.name, f.version), {"status": "pending"})["status"] == "pending"]
-    waiting = {key: rows[key] for f in todo if (key := (f.name, f.version)) in rows}
-    bases = sorted({base_of(row) for row in waiting.values() if base_of(row)[0] != UNKNOWN}, key=str)
-    unavailable = {base: waiting_base_model(*base) for base in bases}  # each resolved once per run
-    logger.info("%d adapter folders under %r, %d new or pending", len(folders), prefix, len(todo))
-    results = []
-    for folder in todo:
-        row = waiting.get((folder.name, folder.version))
-        reason = unavailable.get(base_of(row)) if row else None
-        results.append(keep_pending(registry, row, reason) if reason else check_and_register(folder))
+    todo, refused, known = new_folders(registry, prefix)
+    logger.info("%d adapter folders under %r, %d new or pending", known + len(todo), prefix, len(todo))
+    check, results = split_waiting(registry, todo)
+    for batch in chunks(check, SYNC_BATCH):
+        results += check_batch(list(batch), len(batch) - 1)
+        logger.info("checked %d of %d folders", len(results), len(todo))
     results += [{"name": "-", "version": "-", "status": "refused key", "reason": why} for why in refused]
-    for result in results:
-        if result["status"] != "active":
-            logger.warning(
-                "%s %s: %s (%s)", result["name"], result["version"], result["status"], result["reason"]
-            )
+    problems = [result for result in results if result["status"] != "active"]
+    for result in problems[:ARTIFACT_ROWS]:
+        logger.warning("%s %s: %s (%s)", *(result[key] for key in ("name", "version", "status", "reason")))
+    counts = Counter(result["status"] for result in results)
+    more = f"; the first {ARTIFACT_ROWS} shown" if len(problems) > ARTIFACT_ROWS else ""
     create_table_artifact(
         key="sync-catalog",
-        table=results or [{"status": "nothing new"}],
-        description=f"sync-catalog of {prefix!r}",
+        table=problems[:ARTIFACT_ROWS] or [{"status": f"{counts['active']} registered, nothing else new"}],
+        description=f"sync-catalog of {prefix!r}: {dict(counts)}; the folders not registered active{more}",
     )
     summary = {
         status: {f"{r['name']}/{r['version']}": r["reason"] for r in results if r["status"] == status}
@@ -338,5 +413,5 @@ def sync_catalog(prefix: str = ADAPTERS_PREFIX) -> dict:
         "pending": sorted(summary["pending"]),
         "pending_reasons": summary["pending"],
         "refused_keys": refused,
-        "known": len(folders) - len(todo),
+        "known": known,
     }

@@ -2,12 +2,17 @@
 
 import os
 import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from registry.api import Registry
 from registry.settings import Settings
 from registry.store.base import StoreError
 
+T = TypeVar("T")
 KEPT_REGISTRIES = 4
+RETRY_DELAYS_S = [1, 4, 16]  # between the tries of a step that failed transiently (tasks and `retrying`)
 _open: dict[tuple[int, Settings], Registry] = {}
 _opening = threading.Lock()
 
@@ -64,3 +69,16 @@ def transient_error(_task, _task_run, state) -> bool:
     except Exception as exc:  # noqa: BLE001 - the result itself may be the failure
         error = exc
     return is_transient(error if isinstance(error, BaseException) else None)
+
+
+def retrying(step: Callable[[], T], delays_s: list[float] | None = None) -> T:
+    """`step()`, tried again after each of `delays_s` (default RETRY_DELAYS_S) while it fails transiently:
+    the flows' task retry policy, for a step whose result is too big to be a task's."""
+    for delay in delays_s if delays_s is not None else RETRY_DELAYS_S:
+        try:
+            return step()
+        except Exception as error:  # noqa: BLE001 - judged just below
+            if not is_transient(error):
+                raise
+        time.sleep(delay)
+    return step()

@@ -1,4 +1,4 @@
-"""`hydracat serve`: a local Prefect server with its UI, serving the three deployments.
+"""`hydracat serve`: a local Prefect server with its UI, serving the four deployments.
 
 Embedded mode: the registry is the settings' database (a SQLite file by default, migrated on
 start) and the object store the settings' store (a local folder by default). The Prefect server
@@ -7,7 +7,10 @@ starts; see `flows.prefect_setup`) unless ``--api-url`` (or PREFECT_API_URL) nam
 instead. Deployments:
 
 - ``nightly`` on a cron schedule (default ``0 2 * * *``, UTC): sync-catalog then consolidate;
-- ``sync-catalog`` and ``consolidate`` on demand (Prefect UI: Deployments -> Run).
+- ``sync-catalog`` and ``consolidate`` on demand (Prefect UI: Deployments -> Run);
+- ``consolidate-group`` on demand, for one group. Served here it has no work pool, so consolidate
+  merges its groups in its own process (the deployments of `infra/prefect.yaml` fan them out to the
+  ``gpu`` pool's workers instead).
 """
 
 import argparse
@@ -40,7 +43,7 @@ def deployments(cron: str):
     from prefect.schedules import Cron
 
     from flows.catalog import sync_catalog
-    from flows.consolidate import consolidate
+    from flows.consolidate import consolidate, consolidate_group
     from flows.nightly import nightly
 
     return [
@@ -48,6 +51,8 @@ def deployments(cron: str):
                               description="sync-catalog then consolidate, every night"),
         sync_catalog.to_deployment(name="sync-catalog", description="register new adapters from the bucket"),
         consolidate.to_deployment(name="consolidate", description="merge, evaluate and publish every group"),
+        consolidate_group.to_deployment(name="consolidate-group",
+                                        description="merge, evaluate and publish one group"),
     ]  # fmt: skip
 
 

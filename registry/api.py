@@ -15,7 +15,7 @@ on PostgreSQL, BEGIN IMMEDIATE on SQLite), so concurrent moves are serialised an
 logged in `alias_events` with the pointer it replaced.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
@@ -151,39 +151,76 @@ class Registry:
         placeholder (its base model or hub repo could not be had yet): registering it again
         replaces it, so the sync that can resolve it activates it, or records a newer reason.
         """
-        if quarantine_reason and pending_reason:
-            raise InvalidRequestError("an adapter version is quarantined or pending, not both")
+        fields = {
+            "name": name, "version": version, "sha256": sha256, "uri": uri, "base_model": base_model,
+            "base_revision": base_revision, "adapter_type": adapter_type, "rank": rank, "alpha": alpha,
+            "targets": targets, "modules_digest": modules_digest, "quarantine_reason": quarantine_reason,
+            "pending_reason": pending_reason,
+        }  # fmt: skip
+        return self.register_adapter_versions([fields])[0]
 
-        def work(session: Session) -> dict:
-            adapter = _adapter(session, name, version, missing_ok=True)
-            if adapter is not None and adapter.status != "pending":
-                if adapter.sha256 != sha256:
-                    raise ConflictError(
-                        f"adapter {name} {version} is registered with sha256 {adapter.sha256},"
-                        f" not {sha256}: versions are immutable, register a new version"
-                    )
-                return adapter_dict(adapter)
-            fields = {
-                "sha256": sha256,
-                "uri": uri,
-                "base_model": _base_model(session, base_model, base_revision),
-                "adapter_type": adapter_type,
-                "rank": rank,
-                "alpha": alpha,
-                "targets": list(targets or []),
-                "modules_digest": modules_digest,
-                "status": "quarantined" if quarantine_reason else "pending" if pending_reason else "active",
-                "quarantine_reason": quarantine_reason,
-                "pending_reason": pending_reason,
+    def register_adapter_versions(self, versions: list[dict]) -> list[dict]:
+        """Register many adapter versions in one transaction, each as `register_adapter_version` does
+        (its keyword arguments plus "name" and "version"); returns their rows in the same order.
+
+        A ConflictError or InvalidRequestError for one of them registers none.
+        """
+        for fields in versions:
+            if fields.get("quarantine_reason") and fields.get("pending_reason"):
+                raise InvalidRequestError("an adapter version is quarantined or pending, not both")
+
+        def work(session: Session) -> list[dict]:
+            names = sorted({fields["name"] for fields in versions})
+            existing = {
+                (adapter.name, adapter.version): adapter
+                for chunk in chunks(names)
+                for adapter in session.scalars(select(Adapter).where(Adapter.name.in_(chunk)))
             }
-            adapter = adapter or Adapter(name=name, version=version)
-            for field, value in fields.items():
-                setattr(adapter, field, value)
-            session.add(adapter)
+            bases: dict[tuple[str, str], BaseModel] = {}
+            rows = []
+            for fields in versions:
+                name, version = fields["name"], fields["version"]
+                adapter = existing.get((name, version))
+                if adapter is not None and adapter.status != "pending":
+                    if adapter.sha256 != fields["sha256"]:
+                        raise ConflictError(
+                            f"adapter {name} {version} is registered with sha256 {adapter.sha256},"
+                            f" not {fields['sha256']}: versions are immutable, register a new version"
+                        )
+                    rows.append(adapter)
+                    continue
+                base = (fields["base_model"], fields.get("base_revision") or "")
+                if base not in bases:
+                    bases[base] = _base_model(session, *base)
+                quarantined, pending = fields.get("quarantine_reason"), fields.get("pending_reason")
+                values = {
+                    "sha256": fields["sha256"],
+                    "uri": fields["uri"],
+                    "base_model": bases[base],
+                    "adapter_type": fields.get("adapter_type", "lora"),
+                    "rank": fields.get("rank"),
+                    "alpha": fields.get("alpha"),
+                    "targets": list(fields.get("targets") or []),
+                    "modules_digest": fields.get("modules_digest"),
+                    "status": "quarantined" if quarantined else "pending" if pending else "active",
+                    "quarantine_reason": quarantined,
+                    "pending_reason": pending,
+                }
+                adapter = existing[name, version] = adapter or Adapter(name=name, version=version)
+                for field, value in values.items():
+                    setattr(adapter, field, value)
+                session.add(adapter)
+                rows.append(adapter)
             session.flush()
-            return adapter_dict(adapter)
+            return [adapter_dict(adapter) for adapter in rows]
 
         return self._write(work)
+
+    def version_statuses(self) -> dict[tuple[str, str], str]:
+        """{(name, version): status} of every registered adapter version: what a sync already knows."""
+        with self._engine.connect() as connection:
+            rows = connection.execute(select(Adapter.name, Adapter.version, Adapter.status))
+            return {(name, version): status for name, version, status in rows}
 
     def list_adapters(
         self, base_model: str | None = None, status: str | None = None, name: str | None = None
@@ -361,9 +398,11 @@ class Registry:
             )
         )
 
-    def publish_bundle(self, manifest: dict, key: str, *, reason: str, actor: str) -> dict:
+    def publish_bundle(
+        self, manifest: dict, key: str, *, reason: str, actor: str, request_digest: str | None = None
+    ) -> dict:
         """Record the bundle of `manifest`, at `key` in the store, and point every member task's
-        "current" alias at it.
+        "current" alias at it; `request_digest` names what it was made for (`served_requests`).
 
         One transaction: either the bundle row, its lineage and every alias move are visible, or
         none is. Its objects must already be in the store. Tasks already on this bundle are not
@@ -377,7 +416,7 @@ class Registry:
         def work(session: Session) -> dict:
             bundle = _record_bundle(
                 session, bundle_id, base["name"], base.get("revision"), uri, manifest, members,
-                manifest.get("metrics", {}),
+                manifest.get("metrics", {}), request_digest,
             )  # fmt: skip
             moves = []
             for task in sorted(member["task"] for member in members):
@@ -403,6 +442,17 @@ class Registry:
                 f"no {MANIFEST_FILE} under {key}: write the bundle objects before recording it"
             )
         return self.store.uri_for(key)
+
+    def served_requests(self, digests: list[str]) -> set[str]:
+        """Those of `digests` (see `publish_bundle`) that a published bundle was made for."""
+        with self._engine.connect() as connection:
+            return {
+                digest
+                for chunk in chunks(sorted(set(digests)))
+                for digest in connection.scalars(
+                    select(Bundle.request_digest).where(Bundle.request_digest.in_(chunk)).distinct()
+                )
+            }
 
     def get_bundle(self, bundle_id: str) -> dict:
         with self._read() as session:
@@ -522,6 +572,12 @@ class Registry:
 # queries shared by the methods above
 
 
+def chunks(values: Sequence[T], size: int = 500) -> Iterator[Sequence[T]]:
+    """`values` in slices of `size`: IN lists that every backend takes."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
 def _base_model(session: Session, name: str, revision: str | None) -> BaseModel:
     row = session.scalar(select(BaseModel).filter_by(name=name, revision=revision or ""))
     if row is None:
@@ -605,8 +661,10 @@ def _record_bundle(
     manifest: dict,
     members: list[dict],
     metrics: dict[str, dict[str, Any]],
+    request_digest: str | None = None,
 ) -> dict:
-    """The bundle row, its members and evaluations; the existing row if already recorded."""
+    """The bundle row, its members and evaluations; the existing row if already recorded (given
+    `request_digest`, that request recorded on it)."""
     member_tasks = [member["task"] for member in members]
     if not members or len(set(member_tasks)) != len(member_tasks):
         raise InvalidRequestError(f"bundle {bundle_id!r} needs members with distinct tasks")
@@ -614,10 +672,12 @@ def _record_bundle(
     if bundle is not None:
         if bundle.uri != uri:
             raise ConflictError(f"bundle {bundle_id!r} is already recorded at {bundle.uri}")
+        bundle.request_digest = request_digest or bundle.request_digest  # the latest request it serves
         return bundle_dict(bundle)
     bundle = Bundle(
-        id=bundle_id, base_model=_base_model(session, base_model, base_revision), uri=uri, manifest=manifest
-    )
+        id=bundle_id, base_model=_base_model(session, base_model, base_revision), uri=uri, manifest=manifest,
+        request_digest=request_digest,
+    )  # fmt: skip
     session.add(bundle)
     tasks = {}
     for member in members:

@@ -143,6 +143,8 @@ class Bundle(Base):
     base_model_id: Mapped[int] = mapped_column(ForeignKey("base_models.id"), index=True)
     uri: Mapped[str] = mapped_column(Text)
     manifest: Mapped[dict[str, Any]]
+    # what consolidate was asked for: sha256 of the group's inputs and request (migration 0004)
+    request_digest: Mapped[str | None] = mapped_column(String(64), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     base_model: Mapped[BaseModel] = relationship(lazy="joined")

@@ -44,7 +44,7 @@ def fast_retries():
 
 def test_every_store_and_registry_step_retries_transient_failures_1_4_16_s_apart():
     names = {task.name for task in retried_tasks()}
-    assert names == {"list_bucket", "check_and_register", "waiting_base_model", "plan_groups",
+    assert names == {"check_batch", "waiting_base_model", "plan",
                      "fetch_members", "publish_objects", "publish_records"}  # fmt: skip
     assert all(task.retries == 3 and task.retry_delay_seconds == [1, 4, 16] for task in retried_tasks())
 
@@ -172,7 +172,7 @@ def test_a_worker_killed_mid_merge_or_before_the_commit_never_blocks_the_rerun(c
     def held():
         raise AssertionError("a killed worker still holds its group's lock")
 
-    for label in plan_groups.fn(None):
+    for label in plan_groups(None):
         with group_lock(db_url, label, on_wait=held):
             pass
     (bundle_id,) = consolidate(**LOSSLESS)["published"]

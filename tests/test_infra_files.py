@@ -44,7 +44,8 @@ WORKERS = {"cpu-worker": "cpu", "gpu-worker": "gpu"}
 DEPLOYMENTS = {
     # deployment: (entrypoint, flow name, work pool)
     "sync-catalog": ("flows/catalog.py:sync_catalog", "sync-catalog", "cpu"),
-    "consolidate": ("flows/consolidate.py:consolidate", "consolidate", "gpu"),
+    "consolidate": ("flows/consolidate.py:consolidate", "consolidate", "cpu"),
+    "consolidate-group": ("flows/consolidate.py:consolidate_group", "consolidate-group", "gpu"),
     "nightly": ("flows/nightly.py:nightly", "nightly", "cpu"),
 }
 CONSOLIDATE_PARAMS = {
@@ -348,13 +349,15 @@ def test_prefect_yaml_deployments(prefect_yaml: dict) -> None:
         entrypoint, _flow, pool = DEPLOYMENTS[name]
         assert deployment["entrypoint"] == entrypoint
         assert deployment["work_pool"]["name"] == pool, name
-    assert deployments(prefect_yaml)["consolidate"]["work_pool"]["name"] == "gpu"
+    assert deployments(prefect_yaml)["consolidate-group"]["work_pool"]["name"] == "gpu"  # the merges
 
 
 def test_prefect_yaml_parameters(prefect_yaml: dict) -> None:
     found = deployments(prefect_yaml)
     assert found["sync-catalog"]["parameters"] == {"prefix": "adapters/"}
     assert found["consolidate"]["parameters"] == CONSOLIDATE_PARAMS
+    group = {name: value for name, value in CONSOLIDATE_PARAMS.items() if name != "base_model"}
+    assert found["consolidate-group"]["parameters"] == group  # group and base_model: given per run
     assert found["nightly"]["parameters"] == {"prefix": "adapters/", **CONSOLIDATE_PARAMS}
 
 
@@ -365,7 +368,9 @@ def test_prefect_yaml_nightly_schedule(prefect_yaml: dict) -> None:
     schedules = found["nightly"]["schedules"]
     assert [(s["cron"], s["timezone"]) for s in schedules] == [("0 2 * * *", "UTC")]
     CronSchedule(cron=schedules[0]["cron"], timezone=schedules[0]["timezone"])
-    assert all(not found[name].get("schedules") for name in ("sync-catalog", "consolidate"))
+    assert all(
+        not found[name].get("schedules") for name in ("sync-catalog", "consolidate", "consolidate-group")
+    )
 
 
 def test_prefect_yaml_pull_step_enters_the_image_workdir(prefect_yaml: dict) -> None:

@@ -29,7 +29,7 @@ def test_upgrade_from_empty_to_head_matches_models(empty_db_url: str):
 def test_migrations_ship_inside_the_package():
     script = ScriptDirectory.from_config(alembic_config())
     assert script.dir.endswith("registry/migrations")
-    assert [rev.revision for rev in script.walk_revisions()] == ["0003", "0002", "0001"]
+    assert [rev.revision for rev in script.walk_revisions()] == ["0004", "0003", "0002", "0001"]
 
 
 def test_a_0001_database_is_upgraded_in_place_and_keeps_its_rows(empty_db_url: str):

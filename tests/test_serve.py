@@ -43,14 +43,14 @@ def served(tmp_path_factory, prefect_template):
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api", timeout=10.0)
 
-    def three_deployments():
+    def four_deployments():
         if process.poll() is not None:
             raise AssertionError(f"hydracat serve exited: {(folder / 'serve.log').read_text()[-3000:]}")
         found = api.post("/deployments/filter", json={}).json()
-        return found if len(found) == 3 else None
+        return found if len(found) == 4 else None
 
     try:
-        yield api, wait_for(three_deployments, 240, "the three deployments")
+        yield api, wait_for(four_deployments, 240, "the four deployments")
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -66,10 +66,10 @@ def by_name(deployments: list[dict]) -> dict[str, dict]:
     return {d["name"]: d for d in deployments}
 
 
-def test_the_three_deployments_exist_with_parameter_forms_and_the_nightly_schedule(served):
+def test_the_four_deployments_exist_with_parameter_forms_and_the_nightly_schedule(served):
     _, deployments = served
     found = by_name(deployments)
-    assert set(found) == {"nightly", "sync-catalog", "consolidate"}
+    assert set(found) == {"nightly", "sync-catalog", "consolidate", "consolidate-group"}
     consolidate_schema = found["consolidate"]["parameter_openapi_schema"]["properties"]
     assert set(consolidate_schema) == CONSOLIDATE_PARAMETERS
     assert "auto" in consolidate_schema["method"]["enum"]
@@ -78,7 +78,11 @@ def test_the_three_deployments_exist_with_parameter_forms_and_the_nightly_schedu
     assert found["sync-catalog"]["parameter_openapi_schema"]["properties"]["prefix"]["default"] == "adapters/"
     (schedule,) = found["nightly"]["schedules"]
     assert schedule["schedule"]["cron"] == "0 2 * * *" and schedule["schedule"]["timezone"] == "UTC"
-    assert found["consolidate"]["schedules"] == [] and found["sync-catalog"]["schedules"] == []
+    assert all(
+        found[name]["schedules"] == [] for name in ("consolidate", "sync-catalog", "consolidate-group")
+    )
+    group_schema = found["consolidate-group"]["parameter_openapi_schema"]
+    assert set(group_schema["required"]) == {"group", "base_model"}
 
 
 def trigger_and_wait(api: httpx.Client, deployment: dict) -> tuple[dict, dict]:
