@@ -10,7 +10,7 @@ registered with that ``hf://org/repo@<commit>`` URI. The adapter name is the tas
 
 One listing of the bucket and one query of the registered versions find the new folders; nothing
 else is read when there are none. New folders are checked in batches of `SYNC_BATCH`, one task run
-each, `SYNC_THREADS` folders at once: downloaded and checked (the safetensors header and every
+each, `SYNC_THREADS` downloads ahead of the folder being checked (the safetensors header and every
 tensor, the config, the eval set, and the module shapes against its base model, resolved as
 `flows.model_sources` says: a registered base model or alias, an installed folder, a hub id; each
 base model resolved and its shapes read once per batch), then registered in one transaction.
@@ -28,10 +28,11 @@ all: ``hydracat registry list --status quarantined``).
 
 import hashlib
 import json
+import shutil
 import tempfile
-import threading
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter, deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +63,7 @@ MAX_SOURCE_BYTES = 4096
 UNKNOWN = "unknown"  # the base model of a folder that could not be read
 RETRIES = dict(retries=3, retry_delay_seconds=RETRY_DELAYS_S, retry_condition_fn=transient_error)
 SYNC_BATCH = 256  # folders per task run
-SYNC_THREADS = 8  # folders of a batch downloaded and checked at once
+SYNC_THREADS = 8  # folders of a batch downloaded at once, ahead of the one being judged
 ARTIFACT_ROWS = 500  # rows of the sync-catalog table artifact
 
 
@@ -187,38 +188,28 @@ def read_folder(folder: AdapterFolder, local: Path, settings: FlowSettings) -> t
 
 
 class BaseModels:
-    """Base models resolved, and their weight shapes read, once each (for the threads of one batch)."""
+    """Base models resolved, and their weight shapes read, once each (for the folders of one batch)."""
 
     def __init__(self, registry: Registry, settings: FlowSettings):
         self.registry, self.settings = registry, settings
         self._found: dict[tuple[str, str | None], BaseModelFolder | BaseModelUnavailable] = {}
         self._shapes: dict[Path, dict[str, tuple[int, ...]]] = {}
-        self._locks: dict[object, threading.Lock] = {}
-        self._lock = threading.Lock()
-
-    def _once(self, key: object) -> threading.Lock:
-        with self._lock:
-            return self._locks.setdefault(key, threading.Lock())
 
     def resolve(self, name: str, revision: str | None) -> BaseModelFolder:
         """`resolve_base_model`, once per name and revision; raises BaseModelUnavailable as it did."""
-        with self._once((name, revision)):
-            if (name, revision) not in self._found:
-                try:
-                    self._found[name, revision] = resolve_base_model(
-                        self.registry, name, revision, self.settings
-                    )
-                except BaseModelUnavailable as exc:
-                    self._found[name, revision] = exc
+        if (name, revision) not in self._found:
+            try:
+                self._found[name, revision] = resolve_base_model(self.registry, name, revision, self.settings)
+            except BaseModelUnavailable as exc:
+                self._found[name, revision] = exc
         found = self._found[name, revision]
         if isinstance(found, BaseModelUnavailable):
             raise found
         return found
 
     def shapes(self, base: BaseModelFolder) -> dict[str, tuple[int, ...]]:
-        with self._once(base.folder):
-            if base.folder not in self._shapes:
-                self._shapes[base.folder] = base_model_shapes(base.folder)
+        if base.folder not in self._shapes:
+            self._shapes[base.folder] = base_model_shapes(base.folder)
         return self._shapes[base.folder]
 
 
@@ -291,16 +282,34 @@ def has_chat_template(folder: Path) -> bool:
     return isinstance(config, dict) and bool(config.get("chat_template"))
 
 
-def check_folder(folder: AdapterFolder, bases: BaseModels) -> dict:
-    """Download one folder into a scratch folder of its own and judge it: its registration fields."""
-    with tempfile.TemporaryDirectory(prefix="hydracat-sync-") as tmp:
-        local = download_folder(bases.registry.store, folder, Path(tmp))
-        return {"name": folder.name, "version": folder.version, **judge(folder, local, bases)}
+def checked_folders(folders: list[AdapterFolder], bases: BaseModels) -> Iterator[dict]:
+    """Each folder's registration fields, in order: `SYNC_THREADS` downloads run ahead while this
+    thread judges the downloaded folders one by one (judging is Python work: more threads would only
+    contend for the interpreter); each local copy is deleted once judged."""
+    store = bases.registry.store
+
+    def judged(folder: AdapterFolder, download: Future[Path]) -> dict:
+        local = download.result()
+        fields = {"name": folder.name, "version": folder.version, **judge(folder, local, bases)}
+        shutil.rmtree(local)
+        return fields
+
+    with (
+        tempfile.TemporaryDirectory(prefix="hydracat-sync-") as tmp,
+        ThreadPoolExecutor(SYNC_THREADS) as pool,
+    ):
+        ahead: deque[tuple[AdapterFolder, Future[Path]]] = deque()
+        for i, folder in enumerate(folders):
+            ahead.append((folder, pool.submit(download_folder, store, folder, Path(tmp) / str(i))))
+            if len(ahead) > SYNC_THREADS:
+                yield judged(*ahead.popleft())
+        while ahead:
+            yield judged(*ahead.popleft())
 
 
 @task(**RETRIES, task_run_name="check {folders[0].name}/{folders[0].version} and {extra} more")
 def check_batch(folders: list[AdapterFolder], extra: int) -> list[dict]:
-    """Download and judge a batch of folders, `SYNC_THREADS` at once, then register them all in one
+    """Download and judge a batch of folders (`checked_folders`), then register them all in one
     transaction (active, quarantined or pending); `extra` is len(folders) - 1, for the run's name.
 
     Only what was downloaded is judged: a store error or timeout fails the task (retried if
@@ -309,8 +318,7 @@ def check_batch(folders: list[AdapterFolder], extra: int) -> list[dict]:
     """
     settings = FlowSettings.from_env()
     bases = BaseModels(open_registry(settings.registry), settings)
-    with ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="sync") as pool:
-        fields = list(pool.map(lambda folder: check_folder(folder, bases), folders))
+    fields = list(checked_folders(folders, bases))
     return [result_of(row) for row in bases.registry.register_adapter_versions(fields)]
 
 

@@ -10,7 +10,7 @@
 2. Each group to merge is merged on its own: run from a deployment, as a flow run of the
    ``consolidate-group`` deployment (`GROUP_DEPLOYMENT`) when that one has a work pool, so that
    every worker of the pool takes groups; otherwise (run directly, or served by `hydracat serve`)
-   as concurrent task runs in this process. A lock per group in the registry database
+   as task runs in this process, `GROUPS_AT_ONCE` at a time. A lock per group in the registry database
    (`flows.locks`, dropped the moment its holder dies) keeps two runs from merging or publishing the
    same group at once. A group's adapters are downloaded when it is merged (cached by sha256 under
    HYDRACAT_WORK_DIR; from the object store, or the hub for an ``hf://`` URI).
@@ -26,6 +26,7 @@
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -46,6 +47,7 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import deployment
 from prefect.states import Completed, State
+from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from flows.catalog import ARTIFACT_ROWS, RETRIES
@@ -69,6 +71,10 @@ from hydraopt.methods import METHODS, MergeMethod
 from registry.api import Registry, chunks
 
 GROUP_DEPLOYMENT = "consolidate-group/consolidate-group"  # the flow run per group, on the workers
+# Groups merged at once in one process (consolidate run directly): more only contend for the cores
+# and hold more adapters in memory (measured in `hydracat bench scale`).
+GROUPS_AT_ONCE = min(4, os.cpu_count() or 1)
+LOGGED_GROUPS = 20  # groups named in the plan's log line
 AUTO, AUTO_SEARCHES = "auto", "hydraopt"  # auto: the smallest HydraOpt setting that passes the gate
 Method = Literal[(*METHODS, AUTO)]  # the UI offers every registered method
 KNOBS = {field.name: field.metadata["help"] for field in fields(METHODS[AUTO_SEARCHES].params_type)}
@@ -531,7 +537,7 @@ def wait_for_runs(run_ids: list[str], poll_s: float = 2.0) -> dict[str, State]:
     return states
 
 
-@flow(name="consolidate")
+@flow(name="consolidate", task_runner=ThreadPoolTaskRunner(max_workers=GROUPS_AT_ONCE))
 def consolidate(
     method: Method = "hydraopt",
     heads: Heads = None,
@@ -549,14 +555,14 @@ def consolidate(
                    distill_steps=distill_steps, dry_run=dry_run)  # fmt: skip
     planned = plan(base_model, made_by(method, requested_params(method, heads, rank), refine, distill_steps))
     groups = planned["merge"]
-    logger.info("%d group(s) already served; %d to merge: %s", planned["served"], len(groups),
-                ", ".join(f"{g['group']} ({g['adapters']})" for g in groups))  # fmt: skip
+    named = ", ".join(f"{g['group']} ({g['adapters']})" for g in groups[:LOGGED_GROUPS])
+    more = f" and {len(groups) - LOGGED_GROUPS} more" if len(groups) > LOGGED_GROUPS else ""
+    logger.info("%d group(s) already served; %d to merge: %s%s", planned["served"], len(groups), named, more)
     if groups and (group_deployment() is not None):
         results = run_on_workers(groups, options, flow_run_id)
     else:
-        futures = [
-            consolidate_in_process.submit(g["group"], g["base_model"], options, flow_run_id) for g in groups
-        ]
+        futures = [consolidate_in_process.submit(g["group"], g["base_model"], options, flow_run_id)
+                   for g in groups]  # fmt: skip
         results = [future.result() for future in futures]
     rows = [{"group": result["group"]} | row for result in results for row in result.get("tasks", [])]
     more = f" (the first {ARTIFACT_ROWS} of {len(rows)})" if len(rows) > ARTIFACT_ROWS else ""

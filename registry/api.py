@@ -418,13 +418,17 @@ class Registry:
                 session, bundle_id, base["name"], base.get("revision"), uri, manifest, members,
                 manifest.get("metrics", {}), request_digest,
             )  # fmt: skip
-            moves = []
-            for task in sorted(member["task"] for member in members):
-                task_row = _lock_task(session, task)
-                on_it = _alias_target(session, task_row, CURRENT_ALIAS) == bundle_id
-                if not on_it and not _rolled_back_from(session, task_row, bundle_id):
-                    moves.append(_move(session, task_row, CURRENT_ALIAS, bundle_id, "move", reason, actor))
-            return {"bundle": bundle, "moves": moves}
+            tasks = _lock_tasks(session, [member["task"] for member in members])
+            pointers = _pointers(session, tasks, CURRENT_ALIAS)
+            latest = _latest_events(session, tasks, CURRENT_ALIAS)
+            moving = [
+                task
+                for task in tasks
+                if getattr(pointers.get(task.id), "bundle_id", None) != bundle_id
+                and not _rolled_back_from(latest.get(task.id), bundle_id)
+            ]
+            events = _moves(session, moving, CURRENT_ALIAS, bundle_id, "move", reason, actor, pointers)
+            return {"bundle": bundle, "moves": events}
 
         return self._write(work)
 
@@ -507,7 +511,7 @@ class Registry:
                 raise BundleNotFoundError(bundle_id)
             if _member(session, bundle_id, task_row) is None:
                 raise InvalidRequestError(f"bundle {bundle_id!r} has no adapter for task {task!r}")
-            return _move(session, task_row, alias, bundle_id, "move", reason, actor)
+            return _moves(session, [task_row], alias, bundle_id, "move", reason, actor)[0]
 
         return self._write(work)
 
@@ -529,7 +533,7 @@ class Registry:
                     targets.append(event.to_bundle_id)
             if len(targets) < 2:
                 raise InvalidRequestError(f"task {task!r} has no earlier {alias!r} bundle")
-            return _move(session, task_row, alias, targets[-2], "rollback", reason, actor)
+            return _moves(session, [task_row], alias, targets[-2], "rollback", reason, actor)[0]
 
         return self._write(work)
 
@@ -624,6 +628,26 @@ def _lock_task(session: Session, name: str) -> Task:
     return row
 
 
+def _lock_tasks(session: Session, names: list[str]) -> list[Task]:
+    """The task rows of `names`, in name order, locked until the transaction ends (see `_lock_task`)."""
+    query = select(Task).where(Task.name.in_(sorted(set(names)))).order_by(Task.name).with_for_update()
+    rows = list(session.scalars(query))
+    missing = sorted(set(names) - {row.name for row in rows})
+    if missing:
+        raise TaskNotFoundError(missing[0])
+    return rows
+
+
+def _tasks(session: Session, names: list[str]) -> dict[str, Task]:
+    """The task rows of `names`, created where missing."""
+    found = {row.name: row for chunk in chunks(sorted(set(names))) for row in
+             session.scalars(select(Task).where(Task.name.in_(chunk)))}  # fmt: skip
+    for name in sorted(set(names) - set(found)):
+        found[name] = Task(name=name)
+        session.add(found[name])
+    return found
+
+
 def _adapter(session: Session, name: str, version: str, missing_ok: bool = False) -> Adapter | None:
     row = session.scalar(select(Adapter).filter_by(name=name, version=version))
     if row is None and not missing_ok:
@@ -631,9 +655,19 @@ def _adapter(session: Session, name: str, version: str, missing_ok: bool = False
     return row
 
 
-def _member_adapter(session: Session, member: dict) -> Adapter:
+def _member_adapters(session: Session, members: list[dict]) -> list[Adapter]:
+    """The registered adapter version of each bundle member (by name and version, or adapter_id)."""
+    names = sorted({member["name"] for member in members if member.get("name") is not None})
+    by_version = {(row.name, row.version): row for chunk in chunks(names) for row in
+                  session.scalars(select(Adapter).where(Adapter.name.in_(chunk)))}  # fmt: skip
+    return [_member_adapter(session, member, by_version) for member in members]
+
+
+def _member_adapter(session: Session, member: dict, by_version: dict[tuple[str, str], Adapter]) -> Adapter:
     if member.get("name") is not None and member.get("version") is not None:
-        adapter = _adapter(session, member["name"], str(member["version"]))
+        adapter = by_version.get((member["name"], str(member["version"])))
+        if adapter is None:
+            raise AdapterNotFoundError(f"{member['name']} {member['version']}")
     elif isinstance(member.get("adapter_id"), int):
         adapter = session.get(Adapter, member["adapter_id"])
         if adapter is None:
@@ -679,11 +713,11 @@ def _record_bundle(
         request_digest=request_digest,
     )  # fmt: skip
     session.add(bundle)
-    tasks = {}
-    for member in members:
-        task = tasks[member["task"]] = _task(session, member["task"], create=True)
-        adapter = _member_adapter(session, member)
-        bundle.members.append(BundleMember(adapter=adapter, task=task, head=int(member["head"])))
+    tasks = _tasks(session, member_tasks)
+    for member, adapter in zip(members, _member_adapters(session, members), strict=True):
+        bundle.members.append(
+            BundleMember(adapter=adapter, task=tasks[member["task"]], head=int(member["head"]))
+        )
     for task_name, values in metrics.items():
         if task_name not in tasks:
             raise InvalidRequestError(f"metrics name task {task_name!r}, not a bundle member")
@@ -696,43 +730,56 @@ def _record_bundle(
     return bundle_dict(bundle)
 
 
-def _rolled_back_from(session: Session, task: Task, bundle_id: str) -> bool:
-    latest = session.scalar(
-        select(AliasEvent)
-        .filter_by(task_id=task.id, alias=CURRENT_ALIAS)
-        .order_by(AliasEvent.id.desc())
-        .limit(1)
-    )
+def _pointers(session: Session, tasks: list[Task], alias: str) -> dict[int, TaskAlias]:
+    """{task id: its `alias` pointer} of the tasks that have one."""
+    ids = [task.id for task in tasks if task.id is not None]
+    found = {}
+    for chunk in chunks(ids):
+        query = select(TaskAlias).where(TaskAlias.task_id.in_(chunk), TaskAlias.alias == alias)
+        found |= {row.task_id: row for row in session.scalars(query)}
+    return found
+
+
+def _latest_events(session: Session, tasks: list[Task], alias: str) -> dict[int, AliasEvent]:
+    """{task id: the latest move of its `alias`} of the tasks that have one."""
+    ids = [task.id for task in tasks if task.id is not None]
+    found = {}
+    for chunk in chunks(ids):
+        newest = (
+            select(func.max(AliasEvent.id))
+            .where(AliasEvent.task_id.in_(chunk), AliasEvent.alias == alias)
+            .group_by(AliasEvent.task_id)
+        )
+        found |= {e.task_id: e for e in session.scalars(select(AliasEvent).where(AliasEvent.id.in_(newest)))}
+    return found
+
+
+def _rolled_back_from(latest: AliasEvent | None, bundle_id: str) -> bool:
+    """Whether the latest move, `latest`, rolled the alias back from `bundle_id` (which then stays off it)."""
     return latest is not None and latest.action == "rollback" and latest.from_bundle_id == bundle_id
 
 
-def _alias_target(session: Session, task: Task, alias: str) -> str | None:
-    return session.scalar(select(TaskAlias.bundle_id).filter_by(task_id=task.id, alias=alias))
-
-
-def _move(
-    session: Session, task: Task, alias: str, bundle_id: str, action: str, reason: str, actor: str
-) -> dict:
+def _moves(
+    session: Session, tasks: list[Task], alias: str, bundle_id: str, action: str, reason: str, actor: str,
+    pointers: dict[int, TaskAlias] | None = None,
+) -> list[dict]:  # fmt: skip
+    """Point `alias` of every task at `bundle_id` and log each move; `pointers` as `_pointers` gives them."""
     now = utcnow()
-    pointer = session.scalar(select(TaskAlias).filter_by(task_id=task.id, alias=alias))
-    previous = pointer.bundle_id if pointer is not None else None
-    if pointer is None:
-        pointer = TaskAlias(task_id=task.id, alias=alias)
-        session.add(pointer)
-    pointer.bundle_id, pointer.updated_at = bundle_id, now
-    event = AliasEvent(
-        task_id=task.id,
-        alias=alias,
-        action=action,
-        from_bundle_id=previous,
-        to_bundle_id=bundle_id,
-        reason=reason,
-        actor=actor,
-        created_at=now,
-    )
-    session.add(event)
+    pointers = _pointers(session, tasks, alias) if pointers is None else pointers
+    events = []
+    for task in tasks:
+        pointer = pointers.get(task.id)
+        previous = pointer.bundle_id if pointer is not None else None
+        if pointer is None:
+            pointer = TaskAlias(task_id=task.id, alias=alias)
+            session.add(pointer)
+        pointer.bundle_id, pointer.updated_at = bundle_id, now
+        event = AliasEvent(task_id=task.id, alias=alias, action=action, from_bundle_id=previous,
+                           to_bundle_id=bundle_id, reason=reason, actor=actor, created_at=now)  # fmt: skip
+        session.add(event)
+        events.append((event, task.name))
     session.flush()
-    return event_dict(event, task.name)
+    return [event_dict(event, name) for event, name in events]
 
 
 # JSON shapes

@@ -39,7 +39,11 @@ def load_with_peft(store: S3Store, current: dict, base: Path, into: Path):
     return PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), into)
 
 
-def test_sync_consolidate_rerun_update_and_rollback(catalog, tmp_path):
+def no_download(*_args, **_kwargs):
+    raise AssertionError("downloaded from the store")
+
+
+def test_sync_consolidate_rerun_update_and_rollback(catalog, tmp_path, monkeypatch):
     registry, store = catalog["registry"], catalog["store"]
     synced = sync_catalog()
     assert len(synced["registered"]) == 12 and synced["quarantined"] == ["broken/1"]
@@ -61,14 +65,19 @@ def test_sync_consolidate_rerun_update_and_rollback(catalog, tmp_path):
     peft_model = load_with_peft(store, registry.current_bundle("b-task-3"), models / BASE_B, tmp_path / "b3")
     assert peft_model.peft_config["default"].r == LOSSLESS["rank"]
 
-    again = consolidate(**LOSSLESS)
-    assert (again["published"], again["groups"], again["unchanged"]) == ([], [], 2)  # planned as served
+    moves = [registry.history(task) for task in tasks]
+    with monkeypatch.context() as patch:  # nothing changed: a nightly downloads nothing, moves nothing
+        patch.setattr(S3Store, "download", no_download)
+        again = nightly(**LOSSLESS)
+    assert again["sync"]["registered"] == [] and again["sync"]["known"] == 13
+    assert (again["consolidate"]["published"], again["consolidate"]["groups"]) == ([], [])
+    assert again["consolidate"]["unchanged"] == 2 and [registry.history(task) for task in tasks] == moves
 
     new_version = write_random_lora(tmp_path / "b-task-1-v2", SHAPES, rank=RANK, seed=99, base_model=BASE_B)
     upload(store, new_version, "adapters/b-task-1/2")
     update = nightly(**LOSSLESS)
     assert update["sync"]["registered"] == ["b-task-1/2"]
-    assert len(update["consolidate"]["published"]) == 1
+    assert len(update["consolidate"]["published"]) == 1 and len(update["consolidate"]["groups"]) == 1
     for task in tasks:
         moved = registry.current_bundle(task)["bundle_id"] != bundles[task]
         assert moved == task.startswith("b-task-"), task

@@ -76,16 +76,16 @@ def merge_module(
     coords = stacked_a @ basis  # R × R': A_i = coords_i Qᵀ
     weights, totals = head_row_weights(deltas, assignment, task_weights(deltas, params.weighting))  # K × R, K
     b_gram = (stacked_b.T @ stacked_b).double()
-    # Σ_k W_k C_kᵀ C_k with C_k = B_all diag(row k) P, in float64 (R'×R' only).
-    head_coords = weights[:, :, None] * coords.double()[None]  # K × R × R'
-    gram = torch.einsum("k,kra,rs,ksb->ab", totals, head_coords, b_gram, head_coords)
+    # Σ_k W_k C_kᵀ C_k with C_k = B_all diag(row k) P is Pᵀ (S ⊙ BᵀB) P, S = Σ_k W_k w_k w_kᵀ (R×R):
+    # float64, and no K×R×R' tensor.
+    row_pairs = weights.T @ (totals[:, None] * weights)
+    gram = coords.double().T @ (row_pairs * b_gram) @ coords.double()
     _, eigvecs = torch.linalg.eigh(gram)
     keep = min(params.rank, eigvecs.shape[1])
     top = eigvecs[:, -keep:].flip(1).to(stacked_a.dtype)  # R' × r', largest first
     shared_a = (basis @ top).T
-    heads_b = torch.stack(
-        [stacked_b @ (head_coords[k].to(stacked_a.dtype) @ top) for k in range(weights.shape[0])]
-    )
+    in_basis = coords @ top  # R × r'
+    heads_b = torch.stack([stacked_b @ (row[:, None].to(stacked_a.dtype) * in_basis) for row in weights])
     return pad_rank(SharedLowRank(shared_a, heads_b), params.rank)
 
 
