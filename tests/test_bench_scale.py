@@ -41,8 +41,5 @@ def test_bench_scale_times_each_phase_and_counts_what_it_published(tmp_path, pre
         assert isinstance(counts["dropped_events"], int) and isinstance(counts["refused_events"], int)
     assert report["peak_rss_mb"]["driver"] > 0 and report["peak_rss_mb"]["prefect_server"] > 0
 
-    targets = report["targets"]
-    assert set(targets) == {"10000/100", "100000/1000"}
-    assert not any(found["applies"] for found in targets.values())
-    assert all(isinstance(c["met"], bool) for found in targets.values() for c in found["checks"].values())
-    assert "nightly_one_changed" in run.stdout and "targets for 10000/100" in run.stdout
+    assert report["targets"] == {}  # set for 10,000 / 100 and 100,000 / 1,000 only
+    assert "nightly_one_changed" in run.stdout and "no targets at this size" in run.stdout

@@ -93,6 +93,11 @@ def pools(tmp_path, db_url, tiny_base, prefect_template):
             processes.append(start(worker, logs[name]))
         yield settings, logs
     finally:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all()  # this process's logs and events, before the server goes
+        EventsWorker.drain_all()
         for process in reversed(processes):
             stop_process(process)
         for name, value in saved.items():
