@@ -194,6 +194,7 @@ def kill_consolidate_at(stage: str, workdir: Path, timeout_s: float = 300, **kwa
 # The audit
 
 
+
 def bundle_files(manifest: dict) -> list[str]:
     tasks = sorted(member["task"] for member in manifest["members"])
     return [MANIFEST_FILE, BUNDLE_TENSORS_FILE, *(f"{task_folder(t)}/{f}" for t in tasks for f in PEFT_FILES)]

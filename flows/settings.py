@@ -49,11 +49,7 @@ class FlowSettings:
         """The HYDRACAT_* variables `from_env` reads back as these settings: every one that names the
         catalog; HYDRACAT_DEVICE only when set (the machine's choice, left to its environment)."""
         device = {"HYDRACAT_DEVICE": self.device} if self.device else {}
-        return (
-            self.registry.to_env()
-            | {
-                "HYDRACAT_MODELS_DIR": str(self.models_dir),
-                "HYDRACAT_WORK_DIR": str(self.work_dir),
-            }
-            | device
-        )
+        return self.registry.to_env() | {
+            "HYDRACAT_MODELS_DIR": str(self.models_dir),
+            "HYDRACAT_WORK_DIR": str(self.work_dir),
+        } | device

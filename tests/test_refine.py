@@ -25,10 +25,8 @@ def random_adapters(n: int = 4, rank: int = 3, seed: int = 0) -> list[Adapter]:
             sha256=f"{i:064x}",
             config={},
             modules={
-                name: LoraDelta(
-                    torch.randn(rank, d_in, generator=generator),
-                    torch.randn(d_out, rank, generator=generator),
-                )  # fmt: skip
+                name: LoraDelta(torch.randn(rank, d_in, generator=generator),
+                                torch.randn(d_out, rank, generator=generator))  # fmt: skip
                 for name, (d_out, d_in) in MODULES.items()
             },
         )

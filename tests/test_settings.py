@@ -9,9 +9,7 @@ from registry.store import LocalStore
 
 def test_the_environment_a_settings_object_writes_reads_back_as_it(tmp_path):
     local = FlowSettings.in_folder(tmp_path)
-    s3 = FlowSettings.in_folder(
-        tmp_path, tmp_path / "models-elsewhere", s3_bucket="b", s3_endpoint_url="http://s3"
-    )
+    s3 = FlowSettings.in_folder(tmp_path, tmp_path / "models-elsewhere", s3_bucket="b", s3_endpoint_url="http://s3")
     for settings in (local, s3, replace(local, device="cpu")):
         assert FlowSettings.from_env(settings.to_env()) == settings
     stale = {"HYDRACAT_STORE_URL": "s3://someone-elses/bucket", "HYDRACAT_API_TOKEN": "old"}
