@@ -111,7 +111,7 @@ def find_adapter_folders(keys: list[str], prefix: str) -> tuple[list[AdapterFold
 
 def download_folder(store: ObjectStore, folder: AdapterFolder, into: Path) -> Path:
     """The folder's files (only the known names: nothing else is fetched) into a local folder."""
-    local = into / folder.name / folder.version
+    local = into / folder.name
     local.mkdir(parents=True, exist_ok=True)
     for file in folder.files:
         if file in (*PEFT_FILES, EVAL_FILE, SOURCE_FILE):

@@ -558,7 +558,7 @@ def consolidate(
     named = ", ".join(f"{g['group']} ({g['adapters']})" for g in groups[:LOGGED_GROUPS])
     more = f" and {len(groups) - LOGGED_GROUPS} more" if len(groups) > LOGGED_GROUPS else ""
     logger.info("%d group(s) already served; %d to merge: %s%s", planned["served"], len(groups), named, more)
-    if groups and (group_deployment() is not None):
+    if groups and group_deployment() is not None:
         results = run_on_workers(groups, options, flow_run_id)
     else:
         futures = [consolidate_in_process.submit(g["group"], g["base_model"], options, flow_run_id)

@@ -71,10 +71,10 @@ def transient_error(_task, _task_run, state) -> bool:
     return is_transient(error if isinstance(error, BaseException) else None)
 
 
-def retrying(step: Callable[[], T], delays_s: list[float] | None = None) -> T:
-    """`step()`, tried again after each of `delays_s` (default RETRY_DELAYS_S) while it fails transiently:
-    the flows' task retry policy, for a step whose result is too big to be a task's."""
-    for delay in delays_s if delays_s is not None else RETRY_DELAYS_S:
+def retrying(step: Callable[[], T]) -> T:
+    """`step()`, tried again after each of RETRY_DELAYS_S while it fails transiently: the flows' task
+    retry policy, for a step whose result is too big to be a task's."""
+    for delay in RETRY_DELAYS_S:
         try:
             return step()
         except Exception as error:  # noqa: BLE001 - judged just below

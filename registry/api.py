@@ -610,28 +610,24 @@ def _source_text(source: BaseModelSource) -> str:
     return f"{source.kind} {source.location}{'@' + source.revision if source.revision else ''}"
 
 
-def _task(session: Session, name: str, create: bool = False) -> Task:
+def _task(session: Session, name: str) -> Task:
     row = session.scalar(select(Task).filter_by(name=name))
-    if row is None:
-        if not create:
-            raise TaskNotFoundError(name)
-        row = Task(name=name)
-        session.add(row)
-    return row
-
-
-def _lock_task(session: Session, name: str) -> Task:
-    """The task row, locked until the transaction ends (a no-op on SQLite's locked database)."""
-    row = session.scalar(select(Task).filter_by(name=name).with_for_update())
     if row is None:
         raise TaskNotFoundError(name)
     return row
 
 
+def _lock_task(session: Session, name: str) -> Task:
+    return _lock_tasks(session, [name])[0]
+
+
 def _lock_tasks(session: Session, names: list[str]) -> list[Task]:
-    """The task rows of `names`, in name order, locked until the transaction ends (see `_lock_task`)."""
-    query = select(Task).where(Task.name.in_(sorted(set(names)))).order_by(Task.name).with_for_update()
-    rows = list(session.scalars(query))
+    """The task rows of `names`, in name order, locked until the transaction ends (SELECT ... FOR
+    UPDATE; a no-op on SQLite's locked database)."""
+    rows = []
+    for chunk in chunks(sorted(set(names))):
+        query = select(Task).where(Task.name.in_(chunk)).order_by(Task.name).with_for_update()
+        rows += session.scalars(query)
     missing = sorted(set(names) - {row.name for row in rows})
     if missing:
         raise TaskNotFoundError(missing[0])
@@ -648,9 +644,9 @@ def _tasks(session: Session, names: list[str]) -> dict[str, Task]:
     return found
 
 
-def _adapter(session: Session, name: str, version: str, missing_ok: bool = False) -> Adapter | None:
+def _adapter(session: Session, name: str, version: str) -> Adapter:
     row = session.scalar(select(Adapter).filter_by(name=name, version=version))
-    if row is None and not missing_ok:
+    if row is None:
         raise AdapterNotFoundError(f"{name} {version}")
     return row
 
