@@ -7,6 +7,7 @@ from bench.quality import add_quality_bench
 from bench.registry import add_registry_bench
 from bench.reliability import add_reliability_bench
 from bench.scale import add_scale_bench
+from bench.watch import add_watch_bench
 
 
 def add_bench_command(subparsers: argparse._SubParsersAction) -> None:
@@ -17,3 +18,4 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> None:
     add_quality_bench(benches)
     add_reliability_bench(benches)
     add_scale_bench(benches)
+    add_watch_bench(benches)

@@ -22,6 +22,8 @@ against that server, as a user's script would, phase after phase, each timed wit
 - ``first_sync``: ``sync_catalog()`` registers the N adapters;
 - ``first_consolidate``: ``consolidate(rank=4)`` merges and publishes the G groups;
 - ``nightly_no_change``: ``nightly(rank=4)`` with nothing new: no bundle, no alias move;
+- ``watch_no_change``: ``sync_catalog()`` with nothing new, what the `watch` deployment runs every
+  few minutes: one listing and one query;
 - ``nightly_one_changed``: version 2 of task-000000 (same A, new B) uploaded, then ``nightly(rank=4)``:
   one bundle, its group's;
 - ``nightly_new_group``: base model ``scale-base-new`` installed and 5 adapters on it uploaded, then
@@ -369,6 +371,7 @@ def run_phases(cache: Path, groups: int, server_log: Path) -> dict:
         ("first_sync", None, sync_catalog),
         ("first_consolidate", None, functools.partial(consolidate, rank=RANK)),
         ("nightly_no_change", None, functools.partial(nightly, rank=RANK)),
+        ("watch_no_change", None, sync_catalog),
         ("nightly_one_changed", functools.partial(upload, store, changed_adapter(cache, groups)),
          functools.partial(nightly, rank=RANK)),
         ("nightly_new_group", add_new_group, functools.partial(nightly, rank=RANK)),

@@ -19,6 +19,10 @@ ones as quarantined with the reason, so they are reported once and never merged.
 base model (or hub repo) cannot be had now is registered as pending with the reason, and looked at
 again by every run: each base model that pending folders wait for is resolved once, and a folder
 is downloaded again only when its base model resolves.
+A folder without both PEFT files (and without source.json) is being uploaded: it is left
+unregistered ("incomplete") for the next run, so upload ``adapter_model.safetensors`` last (after
+``eval.jsonl``). Each version registered, quarantined or pending is a Prefect event
+(`flows.events`): the consolidate deployment's trigger waits for a quiet spell, then merges.
 
 The flow returns what this run registered (name/version lists, so their size follows what changed);
 its `sync-catalog` table artifact lists the first `ARTIFACT_ROWS` folders not registered active
@@ -65,6 +69,7 @@ RETRIES = dict(retries=3, retry_delay_seconds=RETRY_DELAYS_S, retry_condition_fn
 SYNC_BATCH = 256  # folders per task run
 SYNC_THREADS = 8  # folders of a batch downloaded at once, ahead of the one being judged
 ARTIFACT_ROWS = 500  # rows of the sync-catalog table artifact
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,14 @@ class AdapterFolder:
     version: str
     key: str
     files: tuple[str, ...]
+
+    @property
+    def missing(self) -> list[str]:
+        """The PEFT files a folder still lacks while it is being uploaded: none once both are there,
+        or when it names a hub adapter (source.json) or holds pickles (refused when judged)."""
+        if SOURCE_FILE in self.files or any(file.endswith(PICKLE_SUFFIXES) for file in self.files):
+            return []
+        return [file for file in PEFT_FILES if file not in self.files]
 
 
 class Pending(Exception):
@@ -159,7 +172,7 @@ def read_folder(folder: AdapterFolder, local: Path, settings: FlowSettings) -> t
     be had now.
     """
     check_task_name(folder.name)  # the adapter name is its task's name, a folder name in bundles
-    pickles = [file for file in folder.files if file.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))]
+    pickles = [file for file in folder.files if file.endswith(PICKLE_SUFFIXES)]
     if pickles:
         raise HydraoptError(f"pickle files are never loaded: {', '.join(pickles)}")
     hub_uri = None
@@ -175,10 +188,6 @@ def read_folder(folder: AdapterFolder, local: Path, settings: FlowSettings) -> t
         except HubUnavailableError as exc:
             raise Pending(f"adapter repo {exc}") from exc
         local, hub_uri = found.folder, found.uri
-    else:
-        missing = [file for file in PEFT_FILES if file not in folder.files]
-        if missing:
-            raise HydraoptError(f"missing {', '.join(missing)}")
     adapter = load_adapter(local, task=folder.name)
     if adapter.unsupported:
         raise HydraoptError(f"unsupported LoRA features: {', '.join(adapter.unsupported)}")
@@ -369,6 +378,12 @@ def new_folders(registry: Registry, prefix: str) -> tuple[list[AdapterFolder], l
     return todo, refused, len(folders) - len(todo)
 
 
+def uploading(folder: AdapterFolder) -> dict:
+    """The result of a folder left for a later run: its PEFT files are not all uploaded yet."""
+    reason = f"waiting for {', '.join(folder.missing)} (still uploading?): looked at again by the next sync"
+    return {"name": folder.name, "version": folder.version, "status": "incomplete", "reason": reason}
+
+
 def split_waiting(registry: Registry, todo: list[AdapterFolder]) -> tuple[list[AdapterFolder], list[dict]]:
     """The folders to check now, and the results of the pending ones whose base model still cannot be
     had (each such base model resolved once, in a task run of its own)."""
@@ -394,12 +409,14 @@ def sync_catalog(prefix: str = ADAPTERS_PREFIX) -> dict:
     register the pending ones whose base model resolves now."""
     logger = get_run_logger()
     registry = open_registry()
-    todo, refused, known = new_folders(registry, prefix)
-    logger.info("%d adapter folders under %r, %d new or pending", known + len(todo), prefix, len(todo))
+    found, refused, known = new_folders(registry, prefix)
+    logger.info("%d adapter folders under %r, %d new or pending", known + len(found), prefix, len(found))
+    todo = [folder for folder in found if not folder.missing]
     check, results = split_waiting(registry, todo)
+    results += [uploading(folder) for folder in found if folder.missing]
     for batch in chunks(check, SYNC_BATCH):
         results += check_batch(list(batch), len(batch) - 1)
-        logger.info("checked %d of %d folders", len(results), len(todo))
+        logger.info("checked %d of %d folders", len(results), len(found))
     results += [{"name": "-", "version": "-", "status": "refused key", "reason": why} for why in refused]
     problems = [result for result in results if result["status"] != "active"]
     for result in problems[:ARTIFACT_ROWS]:
@@ -413,13 +430,14 @@ def sync_catalog(prefix: str = ADAPTERS_PREFIX) -> dict:
     )
     summary = {
         status: {f"{r['name']}/{r['version']}": r["reason"] for r in results if r["status"] == status}
-        for status in ("active", "quarantined", "pending")
+        for status in ("active", "quarantined", "pending", "incomplete")
     }
     return {
         "registered": sorted(summary["active"]),
         "quarantined": sorted(summary["quarantined"]),
         "pending": sorted(summary["pending"]),
         "pending_reasons": summary["pending"],
+        "incomplete": sorted(summary["incomplete"]),
         "refused_keys": refused,
         "known": known,
     }

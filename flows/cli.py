@@ -18,8 +18,8 @@ from flows.prefect_setup import PrefectStartError
 # command -> "module:function" that adds its parser (one function may add several commands)
 COMMANDS = {
     "merge": "hydraopt.cli:add_merge_command",
-    "registry": "registry.cli:add_registry_commands",
-    "api": "registry.cli:add_registry_commands",
+    "registry": "flows.registry_commands:add_registry_commands",
+    "api": "flows.registry_commands:add_registry_commands",
     "serve": "flows.serve:add_serve_command",
 }
 PLUGIN_GROUP = "hydracat.commands"

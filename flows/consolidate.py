@@ -64,11 +64,12 @@ from hydraopt.evaluation.model import load_causal_lm
 from hydraopt.evaluation.pipeline import DistillStep, MergePipeline
 from hydraopt.evaluation.suite import TaskSet, read_task_jsonl
 from hydraopt.formats.bundle import task_rows, write_bundle
-from hydraopt.formats.layout import EVAL_FILE, MANIFEST_FILE, PEFT_FILES, bundle_key, model_slug
+from hydraopt.formats.layout import EVAL_FILE, MANIFEST_FILE, PEFT_FILES, bundle_key
 from hydraopt.formats.peft_lora import load_adapter
 from hydraopt.merge import MergeResult
 from hydraopt.methods import METHODS, MergeMethod
 from registry.api import Registry, chunks
+from registry.names import group_label as registry_group_label
 
 GROUP_DEPLOYMENT = "consolidate-group/consolidate-group"  # the flow run per group, on the workers
 # Groups merged at once in one process (consolidate run directly): more only contend for the cores
@@ -139,11 +140,8 @@ def load_member(row: dict, folder: Path) -> Adapter:
 
 
 def group_label(group: dict) -> str:
-    """`<base-model-slug>-<hash of the compatibility key>` of a `Registry.compatible_groups` group:
-    names the group and its lock."""
-    base = group["base_model"]
-    key = (base["name"], base["revision"], group["adapter_type"], group["modules_digest"])
-    return f"{model_slug(base['name'])}-{hashlib.sha256(repr(key).encode()).hexdigest()[:8]}".lower()
+    """The label of a `Registry.compatible_groups` group: names the group and its lock."""
+    return registry_group_label(group["base_model"], group["adapter_type"], group["modules_digest"])
 
 
 def merge_method(method: str) -> MergeMethod:

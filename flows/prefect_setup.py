@@ -6,8 +6,11 @@ about 14 s on 2 cores) and the ephemeral server ran them inside its start-up win
 with another process on one core the first start needed 42-46 s and timed out. Here the migrations
 run before the server starts, only when the database is new or behind, and the window is
 ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS``, project default 180 s (a start on a busy
-machine took up to 30 s even without migrations). Defaults yield to the environment; a value in a
-Prefect profile does not win over them (environment variables outrank profiles): export it.
+machine took up to 30 s even without migrations). ``PREFECT_SERVER_DATABASE_TIMEOUT``, project
+default 60 s (Prefect's 10 s): on a busy 2-core machine a SQLite server's writes waited longer for
+the database lock, and the run-deployment action of a firing deployment trigger failed with 503,
+its run never made (issue 15). Defaults yield to the environment; a value in a Prefect profile does
+not win over them (environment variables outrank profiles): export it.
 """
 
 import asyncio
@@ -28,7 +31,13 @@ if TYPE_CHECKING:
 
 STARTUP_TIMEOUT = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 TEMPLATE = "hydracat-template.db"
-DEFAULTS = {STARTUP_TIMEOUT: "180", "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+DATABASE_TIMEOUT = "PREFECT_SERVER_DATABASE_TIMEOUT"
+DEFAULTS = {
+    STARTUP_TIMEOUT: "180",
+    DATABASE_TIMEOUT: "60",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
 
 
 class PrefectStartError(RuntimeError):

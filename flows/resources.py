@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from flows.events import emit_changes
 from registry.api import Registry
 from registry.settings import Settings
 from registry.store.base import StoreError
@@ -25,7 +26,7 @@ def open_registry(settings: Settings | None = None) -> Registry:
     """
     key = (os.getpid(), settings or Settings.from_env())
     with _opening:
-        registry = _open.pop(key, None) or Registry.from_settings(key[1])
+        registry = _open.pop(key, None) or Registry.from_settings(key[1], notify=emit_changes)
         _open[key] = registry  # the most recently used last
         while len(_open) > KEPT_REGISTRIES:
             oldest = next(iter(_open))

@@ -1,4 +1,4 @@
-"""`hydracat serve`: a local Prefect server with its UI, serving the four deployments.
+"""`hydracat serve`: a local Prefect server with its UI, serving the five deployments.
 
 Embedded mode: the registry is the settings' database (a SQLite file by default, migrated on
 start) and the object store the settings' store (a local folder by default). The Prefect server
@@ -7,7 +7,12 @@ starts; see `flows.prefect_setup`) unless ``--api-url`` (or PREFECT_API_URL) nam
 instead. Deployments:
 
 - ``nightly`` on a cron schedule (default ``0 2 * * *``, UTC): sync-catalog then consolidate;
-- ``sync-catalog`` and ``consolidate`` on demand (Prefect UI: Deployments -> Run);
+- ``watch`` (of sync-catalog) every ``--watch-interval`` seconds (default 300), one run at a time,
+  and at once when a base model or alias is registered;
+- ``consolidate`` on demand, and for a base model once its adapter events have been quiet for
+  ``--quiet-window`` seconds (default 600; `flows.triggers`);
+- ``sync-catalog`` on demand (Prefect UI: Deployments -> Run; the bucket-notification endpoint of
+  `hydracat api` starts it for the adapters an upload touched);
 - ``consolidate-group`` on demand, for one group. Served here it has no work pool, so consolidate
   merges its groups in its own process (the deployments of `infra/prefect.yaml` fan them out to the
   ``gpu`` pool's workers instead).
@@ -21,6 +26,7 @@ import sys
 
 from flows.prefect_setup import PrefectStartError, migrate_database, startup_timeout_s
 from flows.processes import stop_process, wait_until_answering
+from flows.triggers import QUIET_WINDOW_S, WATCH_INTERVAL_S
 
 NIGHTLY_CRON = "0 2 * * *"
 
@@ -39,18 +45,28 @@ def start_prefect_server(host: str, port: int) -> subprocess.Popen:
         raise PrefectStartError(timeout_s) from error
 
 
-def deployments(cron: str):
-    from prefect.schedules import Cron
+def deployments(cron: str, watch_interval_s: int = WATCH_INTERVAL_S, quiet_window_s: int = QUIET_WINDOW_S):
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
+    from prefect.schedules import Cron, Interval
 
     from flows.catalog import sync_catalog
     from flows.consolidate import consolidate, consolidate_group
     from flows.nightly import nightly
+    from flows.triggers import consolidate_trigger, deployment_trigger, sync_trigger
 
+    one_at_a_time = ConcurrencyLimitConfig(limit=1, collision_strategy="CANCEL_NEW")
+    on_adapter_changes = deployment_trigger(consolidate_trigger(quiet_window_s))
+    on_base_model_changes = deployment_trigger(sync_trigger())
     return [
         nightly.to_deployment(name="nightly", schedules=[Cron(cron, timezone="UTC")],
                               description="sync-catalog then consolidate, every night"),
         sync_catalog.to_deployment(name="sync-catalog", description="register new adapters from the bucket"),
-        consolidate.to_deployment(name="consolidate", description="merge, evaluate and publish every group"),
+        sync_catalog.to_deployment(name="watch", schedules=[Interval(watch_interval_s)],
+                                   concurrency_limit=one_at_a_time, triggers=[on_base_model_changes],
+                                   description=f"sync-catalog every {watch_interval_s} s"),
+        consolidate.to_deployment(name="consolidate", triggers=[on_adapter_changes],
+                                  description="merge, evaluate and publish every group; a base model's "
+                                              f"{quiet_window_s} s after its adapters changed"),
         consolidate_group.to_deployment(name="consolidate-group",
                                         description="merge, evaluate and publish one group"),
     ]  # fmt: skip
@@ -91,7 +107,7 @@ def run_serve(args: argparse.Namespace) -> int:
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
-            serve(*deployments(args.cron), limit=args.limit)
+            serve(*deployments(args.cron, args.watch_interval, args.quiet_window), limit=args.limit)
     except KeyboardInterrupt:
         pass
     finally:
@@ -103,11 +119,19 @@ def run_serve(args: argparse.Namespace) -> int:
 def add_serve_command(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve",
-        help="start a local Prefect server + UI and serve the nightly, sync-catalog, consolidate flows",
+        help="start a local Prefect server + UI and serve the nightly, watch and on-demand flows",
     )
     parser.add_argument("--host", default="127.0.0.1", help="Prefect server host (127.0.0.1)")
     parser.add_argument("--port", type=int, default=4200, help="Prefect server port (4200)")
     parser.add_argument("--api-url", help="use this Prefect API instead of starting a server")
     parser.add_argument("--cron", default=NIGHTLY_CRON, help=f"nightly schedule, UTC ({NIGHTLY_CRON!r})")
     parser.add_argument("--limit", type=int, default=2, help="flow runs at once (2)")
+    parser.add_argument(
+        "--watch-interval", type=int, default=WATCH_INTERVAL_S, metavar="S",
+        help=f"seconds between the watch runs of sync-catalog ({WATCH_INTERVAL_S})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--quiet-window", type=int, default=QUIET_WINDOW_S, metavar="S",
+        help=f"seconds a base model's adapters stay unchanged before it is consolidated ({QUIET_WINDOW_S})",
+    )  # fmt: skip
     parser.set_defaults(handler=run_serve)

@@ -15,6 +15,7 @@ on PostgreSQL, BEGIN IMMEDIATE on SQLite), so concurrent moves are serialised an
 logged in `alias_events` with the pointer it replaced.
 """
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -34,6 +35,16 @@ from registry.errors import (
     ConflictError,
     InvalidRequestError,
     TaskNotFoundError,
+)
+from registry.events import (
+    ADAPTER_RETIRED,
+    ALIAS_ROLLED_BACK,
+    BASE_MODEL_ALIASED,
+    BASE_MODEL_REGISTERED,
+    BUNDLE_PUBLISHED,
+    Change,
+    Notify,
+    adapter_change,
 )
 from registry.models import (
     ADAPTER_STATUSES,
@@ -56,6 +67,7 @@ from registry.settings import Settings
 from registry.store import ObjectStore, open_store
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 ADAPTER_REF_FIELDS = ("id", "name", "version", "sha256")  # `adapter_ref`, and the query's Adapter columns
 
@@ -91,15 +103,21 @@ class Registry:
     Without one, `record_bundle` takes the URI as given.
     """
 
-    def __init__(self, sessions: sessionmaker[Session] | Engine, store: ObjectStore | None = None):
+    def __init__(
+        self,
+        sessions: sessionmaker[Session] | Engine,
+        store: ObjectStore | None = None,
+        notify: Notify | None = None,
+    ):
         self._sessions = session_factory(sessions) if isinstance(sessions, Engine) else sessions
         self._engine: Engine = self._sessions.kw["bind"]
         self.store = store
+        self._notify = notify
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> "Registry":
+    def from_settings(cls, settings: Settings | None = None, notify: Notify | None = None) -> "Registry":
         settings = settings or Settings.from_env()
-        return cls(make_engine(settings.database_url), open_store(settings))
+        return cls(make_engine(settings.database_url), open_store(settings), notify)
 
     def close(self) -> None:
         """Close the database connections this registry's engine holds (it reconnects if used again)."""
@@ -121,6 +139,15 @@ class Registry:
         with self._sessions() as session, session.begin():
             session.connection(execution_options={WRITE_LOCK: True})
             return work(session)
+
+    def _tell(self, changes: list[Change]) -> None:
+        """Hand committed `changes` to the listener; its failure is logged, never the write's."""
+        if self._notify is None or not changes:
+            return
+        try:
+            self._notify(changes)
+        except Exception:  # the write has committed: a listener that fails must not undo or fail it
+            log.warning("could not notify %d registry change(s)", len(changes), exc_info=True)
 
     # adapters
 
@@ -177,7 +204,7 @@ class Registry:
                 for adapter in session.scalars(select(Adapter).where(Adapter.name.in_(chunk)))
             }
             bases: dict[tuple[str, str], BaseModel] = {}
-            rows = []
+            rows, changed = [], []
             for fields in versions:
                 name, version = fields["name"], fields["version"]
                 adapter = existing.get((name, version))
@@ -211,10 +238,13 @@ class Registry:
                     setattr(adapter, field, value)
                 session.add(adapter)
                 rows.append(adapter)
+                changed.append(adapter)
             session.flush()
-            return [adapter_dict(adapter) for adapter in rows]
+            return [adapter_dict(adapter) for adapter in rows], [adapter_dict(adapter) for adapter in changed]
 
-        return self._write(work)
+        rows, changed = self._write(work)
+        self._tell([adapter_change(row) for row in changed])
+        return rows
 
     def version_statuses(self) -> dict[tuple[str, str], str]:
         """{(name, version): status} of every registered adapter version: what a sync already knows."""
@@ -284,12 +314,18 @@ class Registry:
         return self._write(work)
 
     def retire_adapter(self, name: str, version: str) -> dict:
-        def work(session: Session) -> dict:
-            adapter = _adapter(session, name, version)
-            adapter.status = "retired"
-            return adapter_dict(adapter)
+        """Retire an adapter version: it is merged no more (an older active version of the name may be)."""
 
-        return self._write(work)
+        def work(session: Session) -> tuple[dict, bool]:
+            adapter = _adapter(session, name, version)
+            retiring = adapter.status != "retired"
+            adapter.status = "retired"
+            return adapter_dict(adapter), retiring
+
+        row, retiring = self._write(work)
+        if retiring:
+            self._tell([Change(ADAPTER_RETIRED, row, row["base_model"]["name"])])
+        return row
 
     # registered base models
 
@@ -315,10 +351,11 @@ class Registry:
         if kind == "uri" and self.store is not None and self.store.key_for(location) is None:
             raise InvalidRequestError(f"uri {location!r} is not a folder of the registry's object store")
 
-        def work(session: Session) -> dict:
+        def work(session: Session) -> tuple[dict, bool]:
             if _alias(session, name) is not None:
                 raise ConflictError(f"{name!r} is already an alias of another base model")
             source = session.scalar(select(BaseModelSource).filter_by(name=name))
+            created = source is None
             if source is None:
                 source = BaseModelSource(name=name, kind=kind, location=location, revision=revision or "")
                 session.add(source)
@@ -327,12 +364,16 @@ class Registry:
                     f"base model {name!r} is registered from {_source_text(source)}, not "
                     f"{kind} {location}{'@' + revision if revision else ''}"
                 )
+            known = {alias.alias for alias in source.aliases}
             for alias in aliases:
                 _add_alias(session, source, alias)
             session.flush()
-            return base_model_source_dict(source)
+            return base_model_source_dict(source), created or bool(set(aliases) - known)
 
-        return self._write(work)
+        source, changed = self._write(work)
+        if changed:
+            self._tell([Change(BASE_MODEL_REGISTERED, source, name)])
+        return source
 
     def add_base_model_alias(self, alias: str, name: str) -> dict:
         """Make `alias` (say, the path a trainer's config names) another name of base model `name`."""
@@ -345,7 +386,9 @@ class Registry:
             session.flush()
             return base_model_source_dict(source)
 
-        return self._write(work)
+        source = self._write(work)
+        self._tell([Change(BASE_MODEL_ALIASED, source | {"alias": alias}, name)])
+        return source
 
     def list_base_models(self) -> list[dict]:
         with self._read() as session:
@@ -430,7 +473,12 @@ class Registry:
             events = _moves(session, moving, CURRENT_ALIAS, bundle_id, "move", reason, actor, pointers)
             return {"bundle": bundle, "moves": events}
 
-        return self._write(work)
+        published = self._write(work)
+        if published["moves"]:
+            subject = {"bundle_id": bundle_id, "bundle_uri": uri, "tasks": [m["task"] for m in members],
+                       "moved": [event["task"] for event in published["moves"]]}  # fmt: skip
+            self._tell([Change(BUNDLE_PUBLISHED, subject, base["name"])])
+        return published
 
     def _bundle_uri(self, key: str | None, uri: str | None) -> str:
         """The URI to record for a bundle: the store's for `key`, once its manifest is written there;
@@ -535,7 +583,9 @@ class Registry:
                 raise InvalidRequestError(f"task {task!r} has no earlier {alias!r} bundle")
             return _moves(session, [task_row], alias, targets[-2], "rollback", reason, actor)[0]
 
-        return self._write(work)
+        event = self._write(work)
+        self._tell([Change(ALIAS_ROLLED_BACK, event, None)])
+        return event
 
     def current_bundle(self, task: str, alias: str = CURRENT_ALIAS) -> dict:
         """The bundle `alias` of `task` points at, in the shape shared by CLI and HTTP.

@@ -1,14 +1,16 @@
-"""Registry commands for the `hydracat` CLI: `registry init|current|history|rollback|list`,
+"""Registry commands for the `hydracat` CLI: `registry init|current|history|rollback|retire|list`,
 `registry base-model add|alias|list` and `api`.
 
-`add_registry_commands(subparsers)` adds them to an argparse subparsers object; each command
-sets `args.handler` to one `run_*(args) -> int` function (0 = success, 1 = registry error).
+`add_registry_commands(subparsers, notify, routes)` adds them to an argparse subparsers object;
+each command sets `args.handler` to one `run_*(args) -> int` function (0 = success, 1 = registry
+error). Their registries hand every committed change to `notify`; `api` adds `routes` to the app.
 `--json` prints the same shapes as `Registry` and the HTTP API.
 """
 
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import replace
 
 from sqlalchemy.exc import DBAPIError
@@ -16,6 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from registry.api import Registry
 from registry.db import make_engine, upgrade
 from registry.errors import RegistryError
+from registry.events import Notify
 from registry.models import ADAPTER_STATUSES
 from registry.settings import Settings
 
@@ -25,11 +28,14 @@ from registry.settings import Settings
 KEEP_ALIVE_S = 75
 
 
-def add_registry_commands(subparsers: argparse._SubParsersAction) -> None:
+def add_registry_commands(
+    subparsers: argparse._SubParsersAction, notify: Notify | None = None, routes: Sequence = ()
+) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--database-url", help="registry database URL (default: $HYDRACAT_DATABASE_URL or SQLite)"
     )
+    common.set_defaults(notify=notify, routes=routes)
     registry = subparsers.add_parser("registry", help="query and manage the adapter registry")
     commands = registry.add_subparsers(dest="registry_command", required=True)
 
@@ -53,6 +59,12 @@ def add_registry_commands(subparsers: argparse._SubParsersAction) -> None:
     rollback.add_argument("--actor", default="cli", help="who rolls back (logged)")
     rollback.add_argument("--reason", default="rollback")
     rollback.set_defaults(handler=run_rollback)
+
+    retire = commands.add_parser("retire", parents=[common], help="retire an adapter version: merged no more")
+    retire.add_argument("name")
+    retire.add_argument("version")
+    retire.add_argument("--json", action="store_true", help="print JSON")
+    retire.set_defaults(handler=run_retire)
 
     listing = commands.add_parser(
         "list", parents=[common], help="adapter versions, with why a pending or quarantined one waits"
@@ -113,7 +125,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _registry(args: argparse.Namespace) -> Registry:
-    return Registry.from_settings(_settings(args))
+    return Registry.from_settings(_settings(args), notify=args.notify)
 
 
 def _fail(error: RegistryError | DBAPIError) -> int:
@@ -170,6 +182,15 @@ def run_rollback(args: argparse.Namespace) -> int:
     except (RegistryError, DBAPIError) as error:
         return _fail(error)
     print(f"{args.task}: {event['from_bundle_id']} -> {event['to_bundle_id']}")
+    return 0
+
+
+def run_retire(args: argparse.Namespace) -> int:
+    try:
+        row = _registry(args).retire_adapter(args.name, args.version)
+    except (RegistryError, DBAPIError) as error:
+        return _fail(error)
+    print(json.dumps(row, indent=2) if args.json else f"{row['name']} {row['version']}: {row['status']}")
     return 0
 
 
@@ -242,6 +263,6 @@ def run_api(args: argparse.Namespace) -> int:
     from registry.http import create_app
 
     settings = _settings(args)
-    app = create_app(Registry.from_settings(settings), settings.api_token)
+    app = create_app(_registry(args), settings.api_token, args.routes)
     uvicorn.run(app, host=args.host, port=args.port, timeout_keep_alive=args.keep_alive_s)
     return 0

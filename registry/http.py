@@ -2,13 +2,15 @@
 
 Reads are open. Writes (rollback, retire, registering base models and aliases) need
 ``Authorization: Bearer <token>``: 401 without it, 403 with a wrong one, 503 when the server has
-no token configured. Registry errors map to
+no token configured. Other packages add their routes through `create_app(routes=...)` (the flows
+add the bucket-notification endpoint). Registry errors map to
 404 (not found), 409 (conflict) and 400 (invalid request) with ``{"detail": message}``.
 """
 
 import json
 import logging
 import secrets
+from collections.abc import Callable, Sequence
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -45,7 +47,11 @@ class AliasRequest(BaseModel):
     base_model: str
 
 
-def create_app(registry: Registry, token: str | None) -> FastAPI:
+# adds routes to the app: (app, the write-token dependency, the registry)
+AddRoutes = Callable[[FastAPI, Callable[..., None], Registry], None]
+
+
+def create_app(registry: Registry, token: str | None, routes: Sequence[AddRoutes] = ()) -> FastAPI:
     app = FastAPI(title="hydracat registry", version="1")
     bearer = HTTPBearer(auto_error=False)
 
@@ -110,4 +116,6 @@ def create_app(registry: Registry, token: str | None) -> FastAPI:
     def retire(name: str, version: str) -> dict:
         return registry.retire_adapter(name, version)
 
+    for add_routes in routes:
+        add_routes(app, require_token, registry)
     return app

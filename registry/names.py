@@ -1,13 +1,15 @@
-"""Checks of the names a registered base model is given: its name, source, revision and aliases.
+"""Checks of the names a registered base model is given: its name, source, revision and aliases;
+and the label a group of compatible adapters is known by.
 
-They come from operators and from adapter configs, so each is refused with the reason when it
+Names come from operators and from adapter configs, so each is refused with the reason when it
 could escape a folder or a URL: no control characters, `..`, empty segments or stray separators.
 """
 
+import hashlib
 import re
 import unicodedata
 
-from hydraopt.formats.layout import SEGMENT, is_repo_id, is_revision
+from hydraopt.formats.layout import SEGMENT, is_repo_id, is_revision, model_slug
 from registry.errors import InvalidRequestError
 from registry.models import SOURCE_KINDS
 
@@ -60,3 +62,10 @@ def _printable(text: str, what: str) -> None:
         raise InvalidRequestError(f"{what} must be a non-empty string")
     if any(unicodedata.category(char) in ("Cc", "Cs") for char in text):
         raise InvalidRequestError(f"{what} {text!r} contains a control character")
+
+
+def group_label(base_model: dict, adapter_type: str, modules_digest: str | None) -> str:
+    """`<base-model-slug>-<hash of the compatibility key>`: names a `Registry.compatible_groups` group
+    (base model {"name", "revision"}, adapter type, modules digest), its lock and its events."""
+    key = (base_model["name"], base_model["revision"], adapter_type, modules_digest)
+    return f"{model_slug(base_model['name'])}-{hashlib.sha256(repr(key).encode()).hexdigest()[:8]}".lower()

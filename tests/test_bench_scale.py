@@ -10,7 +10,10 @@ from bench.scale import NEW_ADAPTERS
 
 ADAPTERS, GROUPS = 24, 3
 CACHE = Path(__file__).resolve().parents[1] / ".cache" / "test-models" / "bench-scale"
-PHASES = ["first_sync", "first_consolidate", "nightly_no_change", "nightly_one_changed", "nightly_new_group"]
+PHASES = [
+    "first_sync", "first_consolidate", "nightly_no_change", "watch_no_change", "nightly_one_changed",
+    "nightly_new_group",
+]  # fmt: skip
 
 
 def test_bench_scale_times_each_phase_and_counts_what_it_published(tmp_path, prefect_template):
@@ -34,6 +37,7 @@ def test_bench_scale_times_each_phase_and_counts_what_it_published(tmp_path, pre
         "first_sync": (0, 0, ADAPTERS),
         "first_consolidate": (GROUPS, ADAPTERS, 0),  # every group passes the gate: one alias move per task
         "nightly_no_change": (0, 0, 0),
+        "watch_no_change": (0, 0, 0),
         "nightly_one_changed": (1, ADAPTERS // GROUPS, 1),  # its group's tasks move to the new bundle
         "nightly_new_group": (1, NEW_ADAPTERS, NEW_ADAPTERS),
     }

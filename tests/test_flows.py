@@ -177,6 +177,18 @@ def test_folders_are_named_from_the_prefix_folder():
     assert len(refused) == 1 and "expected adapters/<name>/<version>/<file>" in refused[0]
 
 
+def test_a_folder_still_uploading_is_left_for_the_next_sync(catalog):
+    registry, store = catalog["registry"], catalog["store"]
+    folder = catalog["sources"]["adapters"]["b-task-1"]
+    store.put_file("adapters/late/1/adapter_config.json", folder / "adapter_config.json")
+    synced = sync_catalog()
+    assert synced["incomplete"] == ["late/1"] and "late/1" not in synced["quarantined"]
+    assert registry.list_adapters(name="late") == []
+    store.put_file("adapters/late/1/adapter_model.safetensors", folder / "adapter_model.safetensors")
+    again = sync_catalog()
+    assert (again["registered"], again["incomplete"]) == (["late/1"], [])
+
+
 def test_a_group_with_calibration_rows_is_refined_and_passes_where_the_closed_form_fails(catalog):
     registry = catalog["registry"]
     trained = ["alpha", "beta", "gamma"]  # their eval.jsonl holds train rows as well as eval rows

@@ -20,6 +20,7 @@ import yaml
 from sqlalchemy.engine import make_url
 
 from flows.settings import FlowSettings
+from hydraopt.formats.layout import ADAPTERS_PREFIX
 from registry.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +45,7 @@ WORKERS = {"cpu-worker": "cpu", "gpu-worker": "gpu"}
 DEPLOYMENTS = {
     # deployment: (entrypoint, flow name, work pool)
     "sync-catalog": ("flows/catalog.py:sync_catalog", "sync-catalog", "cpu"),
+    "watch": ("flows/catalog.py:sync_catalog", "sync-catalog", "cpu"),
     "consolidate": ("flows/consolidate.py:consolidate", "consolidate", "cpu"),
     "consolidate-group": ("flows/consolidate.py:consolidate_group", "consolidate-group", "gpu"),
     "nightly": ("flows/nightly.py:nightly", "nightly", "cpu"),
@@ -302,6 +304,30 @@ def test_compose_registry_api(compose: dict) -> None:
     assert init == ["hydracat", "registry", "init"]
 
 
+def test_compose_minio_posts_uploads_to_the_registry_api(compose: dict) -> None:
+    services = compose["services"]
+    minio, api = environment(services["minio"]), services["registry-api"]
+    targets = {key.rsplit("_", 1)[-1] for key in minio if key.startswith("MINIO_NOTIFY_WEBHOOK_ENABLE_")}
+    assert len(targets) == 1
+    (target,) = targets
+    assert minio[f"MINIO_NOTIFY_WEBHOOK_ENABLE_{target}"] == "on"
+    endpoint = urlparse(minio[f"MINIO_NOTIFY_WEBHOOK_ENDPOINT_{target}"])
+    assert (endpoint.hostname, str(endpoint.port)) == ("registry-api", flag(command_words(api), "--port"))
+    assert endpoint.path == "/v1/events/object-created"
+    raw_token = services["minio"]["environment"][f"MINIO_NOTIFY_WEBHOOK_AUTH_TOKEN_{target}"]
+    assert raw_token == f"Bearer {api['environment']['HYDRACAT_API_TOKEN']}"  # the API's own write token
+    assert minio[f"MINIO_NOTIFY_WEBHOOK_QUEUE_DIR_{target}"].startswith(
+        "/data/"
+    )  # kept while the API is down
+    setup = " ".join(command_words(services["minio-setup"]))
+    bucket = environment(services["registry-api"])["HYDRACAT_S3_BUCKET"]
+    rule = f"mc event add --ignore-existing local/{bucket} arn:minio:sqs::{target}:webhook --event put"
+    assert f"{rule} --prefix {ADAPTERS_PREFIX}" in setup
+    prefect = urlparse(environment(api)["PREFECT_API_URL"])
+    assert prefect.hostname == "prefect-server" and prefect.path == "/api"
+    assert str(prefect.port) == flag(command_words(services["prefect-server"]), "--port")
+
+
 def test_compose_dependencies(compose: dict) -> None:
     services = compose["services"]
     conditions = {"service_started", "service_healthy", "service_completed_successfully"}
@@ -354,7 +380,7 @@ def test_prefect_yaml_deployments(prefect_yaml: dict) -> None:
 
 def test_prefect_yaml_parameters(prefect_yaml: dict) -> None:
     found = deployments(prefect_yaml)
-    assert found["sync-catalog"]["parameters"] == {"prefix": "adapters/"}
+    assert found["sync-catalog"]["parameters"] == found["watch"]["parameters"] == {"prefix": "adapters/"}
     assert found["consolidate"]["parameters"] == CONSOLIDATE_PARAMS
     group = {name: value for name, value in CONSOLIDATE_PARAMS.items() if name != "base_model"}
     assert found["consolidate-group"]["parameters"] == group  # group and base_model: given per run
@@ -371,6 +397,29 @@ def test_prefect_yaml_nightly_schedule(prefect_yaml: dict) -> None:
     assert all(
         not found[name].get("schedules") for name in ("sync-catalog", "consolidate", "consolidate-group")
     )
+
+
+def test_prefect_yaml_watch_and_triggers_are_what_hydracat_serve_declares(prefect_yaml: dict) -> None:
+    from prefect.client.schemas.schedules import IntervalSchedule
+
+    from flows.serve import deployments as served
+    from flows.triggers import WATCH_INTERVAL_S, consolidate_trigger, deployment_trigger, sync_trigger
+
+    found = deployments(prefect_yaml)
+    watch = found["watch"]
+    assert [s["interval"] for s in watch["schedules"]] == [WATCH_INTERVAL_S]
+    IntervalSchedule(interval=watch["schedules"][0]["interval"])
+    assert watch["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
+    declared = {
+        name: [deployment_trigger(spec) for spec in found[name].get("triggers", [])] for name in found
+    }
+    assert declared["consolidate"] == [deployment_trigger(consolidate_trigger())]
+    assert declared["watch"] == [deployment_trigger(sync_trigger())]
+    assert not any(declared[name] for name in ("sync-catalog", "consolidate-group", "nightly"))
+    by_name = {deployment.name: deployment for deployment in served("0 2 * * *")}
+    assert sorted(by_name) == sorted(found)
+    for name, triggers in declared.items():
+        assert by_name[name].triggers == triggers, name  # the same in `hydracat serve`
 
 
 def test_prefect_yaml_pull_step_enters_the_image_workdir(prefect_yaml: dict) -> None:

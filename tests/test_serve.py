@@ -43,14 +43,14 @@ def served(tmp_path_factory, prefect_template):
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api", timeout=10.0)
 
-    def four_deployments():
+    def five_deployments():
         if process.poll() is not None:
             raise AssertionError(f"hydracat serve exited: {(folder / 'serve.log').read_text()[-3000:]}")
         found = api.post("/deployments/filter", json={}).json()
-        return found if len(found) == 4 else None
+        return found if len(found) == 5 else None
 
     try:
-        yield api, wait_for(four_deployments, 240, "the four deployments")
+        yield api, wait_for(five_deployments, 240, "the five deployments")
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -66,10 +66,10 @@ def by_name(deployments: list[dict]) -> dict[str, dict]:
     return {d["name"]: d for d in deployments}
 
 
-def test_the_four_deployments_exist_with_parameter_forms_and_the_nightly_schedule(served):
+def test_the_five_deployments_exist_with_parameter_forms_and_their_schedules(served):
     _, deployments = served
     found = by_name(deployments)
-    assert set(found) == {"nightly", "sync-catalog", "consolidate", "consolidate-group"}
+    assert set(found) == {"nightly", "watch", "sync-catalog", "consolidate", "consolidate-group"}
     consolidate_schema = found["consolidate"]["parameter_openapi_schema"]["properties"]
     assert set(consolidate_schema) == CONSOLIDATE_PARAMETERS
     assert "auto" in consolidate_schema["method"]["enum"]
@@ -81,8 +81,32 @@ def test_the_four_deployments_exist_with_parameter_forms_and_the_nightly_schedul
     assert all(
         found[name]["schedules"] == [] for name in ("consolidate", "sync-catalog", "consolidate-group")
     )
+    (watch,) = found["watch"]["schedules"]
+    assert watch["schedule"]["interval"] == 300.0  # seconds, the default
+    assert found["watch"]["global_concurrency_limit"]["limit"] == 1
+    assert found["watch"]["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
     group_schema = found["consolidate-group"]["parameter_openapi_schema"]
     assert set(group_schema["required"]) == {"group", "base_model"}
+
+
+def test_the_deployment_triggers_are_automations_the_ui_shows(served):
+    api, deployments = served
+    found = by_name(deployments)
+    automations = {a["name"]: a for a in api.post("/automations/filter", json={}).json()}
+    consolidate, sync = (
+        automations["consolidate after adapter changes"],
+        automations["sync after a base model change"],
+    )
+    assert consolidate["trigger"]["posture"] == "Proactive" and consolidate["trigger"]["within"] == 600.0
+    assert consolidate["trigger"]["for_each"] == ["hydracat.base-model"]
+    assert set(consolidate["trigger"]["expect"]) == {
+        "hydracat.adapter.registered",
+        "hydracat.adapter.retired",
+    }
+    (run,) = consolidate["actions"]
+    assert run["type"] == "run-deployment" and run["deployment_id"] == found["consolidate"]["id"]
+    assert run["parameters"] == {"base_model": "{{ event.resource['hydracat.base-model'] }}"}
+    assert sync["actions"][0]["deployment_id"] == found["watch"]["id"]
 
 
 def trigger_and_wait(api: httpx.Client, deployment: dict) -> tuple[dict, dict]:
@@ -101,12 +125,6 @@ def trigger_and_wait(api: httpx.Client, deployment: dict) -> tuple[dict, dict]:
         return state if state["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"} else None
 
     return run, wait_for(finished, 180, "the triggered flow run")
-
-
-def test_a_run_triggered_through_the_api_completes(served):
-    api, deployments = served
-    _, state = trigger_and_wait(api, by_name(deployments)["sync-catalog"])
-    assert state["type"] == "COMPLETED", state
 
 
 def test_nightly_runs_consolidate_through_its_own_deployment(served):

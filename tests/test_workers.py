@@ -1,7 +1,8 @@
 """Fan-out on work pools: a local Prefect server, the deployments of infra/prefect.yaml (`prefect deploy`),
 a `cpu` process worker and two `gpu` process workers. One `consolidate` run from its deployment starts a
 `consolidate-group` flow run per group; the groups are merged on both gpu workers, and a group whose
-lock another process holds waits for it (SQLite and PostgreSQL registries)."""
+lock another process holds waits for it. On a PostgreSQL registry only, what workers on several
+machines share (the group lock on both backends: tests/test_flow_faults.py, test_registry_concurrency.py)."""
 
 import os
 import shutil
@@ -126,6 +127,7 @@ def start(prefect_args: list[str], log: Path) -> subprocess.Popen:
                                 stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
 
 
+@pytest.mark.parametrize("empty_db_url", ["postgresql"], indirect=True)
 def test_one_consolidate_run_merges_its_groups_on_both_gpu_workers_under_the_group_locks(pools):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
