@@ -22,8 +22,7 @@ the server PREFECT_API_URL names; with none set there is no server to tell, and 
 import logging
 
 from registry.events import (
-    ADAPTER_KIND_BY_STATUS,
-    ADAPTER_RETIRED,
+    ADAPTER_KINDS,
     ALIAS_ROLLED_BACK,
     BASE_MODEL_ALIASED,
     BASE_MODEL_REGISTERED,
@@ -34,7 +33,6 @@ from registry.names import group_label
 
 EVENT_PREFIX = "hydracat."
 BASE_MODEL_LABEL = "hydracat.base-model"
-ADAPTER_EVENTS = tuple(EVENT_PREFIX + kind for kind in (*ADAPTER_KIND_BY_STATUS.values(), ADAPTER_RETIRED))
 MAX_EVENT_TASKS = 1000  # task names in a bundle.published payload (Prefect refuses events over 1.5 MB)
 
 log = logging.getLogger(__name__)
@@ -114,7 +112,7 @@ def base_model_event(change: Change) -> dict:
 
 def prefect_event(change: Change) -> dict:
     """`emit_event`'s keyword arguments for `change`."""
-    if change.kind in (*ADAPTER_KIND_BY_STATUS.values(), ADAPTER_RETIRED):
+    if change.kind in ADAPTER_KINDS:
         fields = adapter_event(change)
     elif change.kind == BUNDLE_PUBLISHED:
         fields = bundle_event(change)

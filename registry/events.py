@@ -20,12 +20,13 @@ ADAPTER_KIND_BY_STATUS = {
     "quarantined": ADAPTER_QUARANTINED,
     "pending": ADAPTER_PENDING,
 }
+ADAPTER_KINDS = (*ADAPTER_KIND_BY_STATUS.values(), ADAPTER_RETIRED)
 
 
 @dataclass(frozen=True)
 class Change:
     """One committed change. `kind`: one of the names above; `subject`: what changed, as the API
-    returns it (an adapter version's dict, a bundle's {"bundle_id", "bundle_uri", "tasks"}, an alias
+    returns it (an adapter version's dict, a bundle's {"bundle_id", "bundle_uri", "tasks", "moved"}, an alias
     event, a base model source); `base_model`: the name of the base model it concerns, if one."""
 
     kind: str
