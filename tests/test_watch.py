@@ -19,6 +19,7 @@ WATCH_INTERVAL_S = 20
 BASE_A, BASE_B = "watch-base-a", "watch-base-b"
 BURST = [f"burst-{i}" for i in range(3)]
 TIMEOUT_S = 240
+EVENTS_S = 30  # the server stores an event a moment after it is sent
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +35,19 @@ def stack(tmp_path_factory, s3_endpoint, prefect_template, tiny_base):
 def consolidate_runs(stack, base_model: str) -> list[dict]:
     runs = stack.flow_runs("consolidate", "consolidate")
     return [run for run in runs if run["parameters"].get("base_model") == base_model]
+
+
+def resources(stack, event: str) -> set[str]:
+    return {found["resource"]["prefect.resource.id"] for found in stack.events(event)}
+
+
+def published_tasks(stack, at_least: int) -> set[tuple[str, ...]] | None:
+    """The task sets of the published bundles once `at_least` are stored: the server writes events
+    a moment after the registry answers."""
+    published = {
+        tuple(sorted(event["payload"]["tasks"])) for event in stack.events("hydracat.bundle.published")
+    }
+    return published if len(published) >= at_least else None
 
 
 def test_object_created_refuses_bad_requests_and_starts_nothing(stack):
@@ -80,12 +94,12 @@ def test_a_burst_of_uploads_is_one_consolidate_run_per_base_model(stack):
     assert sorted(run["parameters"]["prefix"] for run in syncs) == [f"adapters/{task}" for task in BURST]
     assert all(run["state_type"] == "COMPLETED" for run in syncs)  # started by the endpoint, run by serve
     assert stack.flow_runs("sync-catalog", "watch")  # the schedule ran too
-    registered = {
-        event["resource"]["prefect.resource.id"] for event in stack.events("hydracat.adapter.registered")
-    }
-    assert {f"hydracat.adapter.{task}.1" for task in [*BURST, "other-0"]} <= registered
-    published = stack.events("hydracat.bundle.published")
-    assert {tuple(sorted(event["payload"]["tasks"])) for event in published} == {tuple(BURST), ("other-0",)}
+    registered = {f"hydracat.adapter.{task}.1" for task in [*BURST, "other-0"]}
+    poll_until(
+        lambda: registered <= resources(stack, "hydracat.adapter.registered"), EVENTS_S, "registered events"
+    )
+    published = poll_until(lambda: published_tasks(stack, 2), EVENTS_S, "the two bundle.published events")
+    assert published == {tuple(BURST), ("other-0",)}
 
 
 def test_retiring_a_version_through_the_api_remerges_without_it(stack):
@@ -103,6 +117,10 @@ def test_retiring_a_version_through_the_api_remerges_without_it(stack):
     assert sorted(member["task"] for member in members) == [BURST[0], BURST[2]]
     assert stack.current(BURST[2])["bundle_id"] == bundle["bundle_id"]
     assert stack.current(BURST[1])["bundle_id"] == before  # a retired version's task keeps what it had
-    (event,) = stack.events("hydracat.adapter.retired")
-    assert event["resource"]["prefect.resource.id"] == f"hydracat.adapter.{BURST[1]}.1"
+    retired_version = f"hydracat.adapter.{BURST[1]}.1"
+    poll_until(
+        lambda: resources(stack, "hydracat.adapter.retired") == {retired_version},
+        EVENTS_S,
+        "the retired event",
+    )
     assert len(consolidate_runs(stack, BASE_A)) == 2 and len(consolidate_runs(stack, BASE_B)) == 1
