@@ -35,21 +35,80 @@ class LoraDelta:
 
 @dataclass(frozen=True)
 class SharedLowRank:
-    """One module of a merge result: shared A' (r'×d_in) and heads B' (K×d_out×r')."""
+    """One module of a merge result: A' (r'×d_in, shared by the heads) and heads B' (K×d_out×r').
+
+    A method that shares nothing (per-adapter truncation) gives every head its own A'
+    (K×r'×d_in); `per_head_a` says which form this is.
+    """
 
     A: torch.Tensor
     B: torch.Tensor
 
     @property
+    def per_head_a(self) -> bool:
+        return self.A.dim() == 3
+
+    @property
     def rank(self) -> int:
-        return self.A.shape[0]
+        return self.A.shape[-2]
 
     @property
     def heads(self) -> int:
         return self.B.shape[0]
 
+    @property
+    def num_params(self) -> int:
+        return self.A.numel() + self.B.numel()
+
     def head(self, k: int) -> LoraDelta:
-        return LoraDelta(self.A, self.B[k])
+        return LoraDelta(self.A[k] if self.per_head_a else self.A, self.B[k])
+
+    def task_delta(self, position: int, head: int) -> LoraDelta:
+        """The update of the task at `position` in the merge, which uses `head`."""
+        return self.head(head)
+
+    def cpu(self) -> "SharedLowRank":
+        return SharedLowRank(self.A.float().cpu(), self.B.float().cpu())
+
+
+@dataclass(frozen=True)
+class CoreLowRank:
+    """One module of a joint-diagonalisation merge: per group g a shared U_g (d_out×r') and
+    V_gᵀ (r'×d_in), per task a core Σ_i (r'×r', or its diagonal: r'); ΔW'_i = U_g Σ_i V_gᵀ.
+
+    U is G×d_out×r', Vt is G×r'×d_in, cores N×r'×r' (or N×r') in the merge's task order; a
+    task's head is its group. As a LoRA: A = Σ_i V_gᵀ, B = U_g.
+    """
+
+    U: torch.Tensor
+    Vt: torch.Tensor
+    cores: torch.Tensor
+
+    @property
+    def diagonal(self) -> bool:
+        return self.cores.dim() == 2
+
+    @property
+    def rank(self) -> int:
+        return self.Vt.shape[1]
+
+    @property
+    def heads(self) -> int:
+        return self.U.shape[0]
+
+    @property
+    def num_params(self) -> int:
+        return self.U.numel() + self.Vt.numel() + self.cores.numel()
+
+    def task_delta(self, position: int, head: int) -> LoraDelta:
+        core = torch.diag(self.cores[position]) if self.diagonal else self.cores[position]
+        return LoraDelta(core @ self.Vt[head], self.U[head])
+
+    def cpu(self) -> "CoreLowRank":
+        return CoreLowRank(self.U.float().cpu(), self.Vt.float().cpu(), self.cores.float().cpu())
+
+
+ModuleFactors = SharedLowRank | CoreLowRank
 
 
 def inner(x: LoraDelta, y: LoraDelta) -> torch.Tensor:
@@ -92,6 +151,6 @@ def pad_rank(result: SharedLowRank, rank: int) -> SharedLowRank:
     missing = rank - result.rank
     if missing <= 0:
         return result
-    a = torch.cat([result.A, result.A.new_zeros(missing, result.A.shape[1])], dim=0)
+    a = torch.cat([result.A, result.A.new_zeros(*result.A.shape[:-2], missing, result.A.shape[-1])], dim=-2)
     b = torch.cat([result.B, result.B.new_zeros(*result.B.shape[:2], missing)], dim=2)
     return SharedLowRank(a, b)

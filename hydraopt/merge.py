@@ -10,7 +10,7 @@ import torch
 
 from hydraopt.adapter import Adapter, check_mergeable
 from hydraopt.device import resolve_device
-from hydraopt.factors import LoraDelta, SharedLowRank
+from hydraopt.factors import LoraDelta, ModuleFactors
 from hydraopt.methods import get_method
 
 log = logging.getLogger(__name__)
@@ -18,13 +18,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class MergeResult:
-    """Shared A' and K heads B' per module, the task -> head map, and how they were made."""
+    """The factors per module (shared A' and K heads B', or a method's other form), the
+    task -> head map, and how they were made."""
 
     method: str
     params: dict[str, Any]
     tasks: list[str]
     assignment: dict[str, int]
-    modules: dict[str, SharedLowRank]
+    modules: dict[str, ModuleFactors]
     dtype: torch.dtype
     dropped_features: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
@@ -38,11 +39,11 @@ class MergeResult:
 
     @property
     def num_params(self) -> int:
-        """r'·Σd_in + K·r'·Σd_out."""
-        return sum(m.A.numel() + m.B.numel() for m in self.modules.values())
+        """r'·Σd_in + K·r'·Σd_out for shared A' and K heads."""
+        return sum(m.num_params for m in self.modules.values())
 
     def task_delta(self, task: str, module: str) -> LoraDelta:
-        return self.modules[module].head(self.assignment[task])
+        return self.modules[module].task_delta(self.tasks.index(task), self.assignment[task])
 
 
 def resolve_params(method_name: str, adapters: Sequence[Adapter], **overrides: Any) -> Any:
@@ -90,12 +91,12 @@ def merge_adapters(
     assignment = merge_method.assign(adapters, resolved)
     validate_assignment(assignment, tasks)
     compute = resolve_device(device)
-    modules: dict[str, SharedLowRank] = {}
+    modules: dict[str, ModuleFactors] = {}
     names = sorted(adapters[0].modules)
     for done, name in enumerate(names, start=1):
         deltas = [a.modules[name].to(compute) for a in adapters]
         merged = merge_method.merge_module(deltas, assignment, resolved, module=name)
-        modules[name] = SharedLowRank(merged.A.float().cpu(), merged.B.float().cpu())
+        modules[name] = merged.cpu()
         if progress:
             progress(done, len(names))
     log.info("merged %d adapters x %d modules with %s", len(adapters), len(modules), method)

@@ -2,8 +2,10 @@
 
 ```
 <bundle>/manifest.json          identity, method + params, members, metrics, storage
-<bundle>/bundle.safetensors     "<module>.lora_A" (shared) and "<module>.lora_B.<head>"
-<bundle>/tasks/<task>/          standard PEFT LoRA for that task (A', B'_head, r = lora_alpha = r')
+<bundle>/bundle.safetensors     schema 1: "<module>.lora_A" (shared) and "<module>.lora_B.<head>";
+                                schema 2: "<module>.lora_A.<head>" too (every head its own A');
+                                schema 3: "<module>.jd_U.<group>", ".jd_Vt.<group>", ".jd_core.<member>"
+<bundle>/tasks/<task>/          standard PEFT LoRA for that task (r = lora_alpha = r')
 ```
 The bundle id is content-addressed, so writing the same merge twice is a no-op. Files are
 written into a temporary sibling folder that is renamed into place last.
@@ -11,6 +13,7 @@ written into a temporary sibling folder that is renamed into place last.
 
 import hashlib
 import json
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -24,14 +27,16 @@ from safetensors.torch import save_file
 
 from hydraopt.adapter import Adapter
 from hydraopt.errors import BundleError
-from hydraopt.factors import SharedLowRank
+from hydraopt.factors import CoreLowRank, LoraDelta, ModuleFactors, SharedLowRank
 from hydraopt.formats.layout import BUNDLE_TENSORS_FILE, MANIFEST_FILE, check_task_name, task_folder
 from hydraopt.formats.peft_lora import write_peft_lora
 from hydraopt.formats.safetensors_io import read_safetensors
 from hydraopt.merge import MergeResult
 from hydraopt.storage import storage_report
 
-SCHEMA_VERSION = 1
+SHARED_A_SCHEMA, PER_HEAD_A_SCHEMA, CORE_SCHEMA = 1, 2, 3
+SCHEMA_VERSIONS = (SHARED_A_SCHEMA, PER_HEAD_A_SCHEMA, CORE_SCHEMA)
+TENSOR_KEY = re.compile(r"(?P<module>.+)\.(lora_A|lora_B|jd_U|jd_Vt|jd_core)(\.\d+)?")
 
 
 def code_version() -> str:
@@ -41,9 +46,20 @@ def code_version() -> str:
         return "unknown"
 
 
-def compute_bundle_id(members: Sequence[tuple[str, str]], method: str, params: dict) -> str:
+def module_schema(factors: ModuleFactors) -> int:
+    """1: A' shared by the heads; 2: every head its own A'; 3: (U, V) per head and a core per task."""
+    if isinstance(factors, CoreLowRank):
+        return CORE_SCHEMA
+    return PER_HEAD_A_SCHEMA if factors.per_head_a else SHARED_A_SCHEMA
+
+
+def schema_version(result: MergeResult) -> int:
+    return max(module_schema(factors) for factors in result.modules.values())
+
+
+def compute_bundle_id(members: Sequence[tuple[str, str]], method: str, params: dict, schema: int) -> str:
     """Hash of the sorted (task, sha256) members, method, params and format version."""
-    payload = {"schema": SCHEMA_VERSION, "method": method, "params": params, "members": sorted(members)}
+    payload = {"schema": schema, "method": method, "params": params, "members": sorted(members)}
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode())
     return digest.hexdigest()[:20]
 
@@ -57,9 +73,10 @@ def build_manifest(
     """
     members = [(a.task_name, a.sha256) for a in adapters]
     first = adapters[0]
+    schema = schema_version(result)
     return {
-        "schema_version": SCHEMA_VERSION,
-        "bundle_id": compute_bundle_id(members, result.method, result.params),
+        "schema_version": schema,
+        "bundle_id": compute_bundle_id(members, result.method, result.params, schema),
         "method": result.method,
         "params": result.params,
         "rank": result.rank,
@@ -95,13 +112,25 @@ def task_rows(heads: Mapping[str, int], metrics: Mapping[str, dict]) -> list[dic
     return [{"task": task, "head": head, **metrics.get(task, {})} for task, head in heads.items()]
 
 
+def numbered(module: str, kind: str, stacked: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {f"{module}.{kind}.{i}": tensor for i, tensor in enumerate(stacked)}
+
+
+def module_tensors(module: str, factors: ModuleFactors) -> dict[str, torch.Tensor]:
+    """The bundle.safetensors entries of one module, in its schema's names."""
+    if isinstance(factors, CoreLowRank):
+        return (numbered(module, "jd_U", factors.U) | numbered(module, "jd_Vt", factors.Vt)
+                | numbered(module, "jd_core", factors.cores))  # fmt: skip
+    shared = numbered(module, "lora_A", factors.A) if factors.per_head_a else {f"{module}.lora_A": factors.A}
+    return shared | numbered(module, "lora_B", factors.B)
+
+
 def bundle_tensors(result: MergeResult) -> dict[str, torch.Tensor]:
-    tensors = {}
-    for module, shared in result.modules.items():
-        tensors[f"{module}.lora_A"] = shared.A.to(result.dtype).contiguous()
-        for head in range(shared.heads):
-            tensors[f"{module}.lora_B.{head}"] = shared.B[head].to(result.dtype).contiguous()
-    return tensors
+    return {
+        key: tensor.to(result.dtype).contiguous()
+        for module, factors in result.modules.items()
+        for key, tensor in module_tensors(module, factors).items()
+    }
 
 
 def write_bundle(
@@ -131,8 +160,9 @@ def write_bundle(
     try:
         save_file(bundle_tensors(result), str(staging / BUNDLE_TENSORS_FILE), metadata={"format": "pt"})
         template = adapters[0].config
-        for task, head in result.assignment.items():
-            modules = {m: (s.A, s.B[head]) for m, s in result.modules.items()}
+        for task in result.tasks:
+            deltas = {m: result.task_delta(task, m) for m in result.modules}
+            modules = {m: (delta.A, delta.B) for m, delta in deltas.items()}
             write_peft_lora(staging / task_folder(task), modules, result.rank, template, result.dtype)
         file_bytes = (staging / BUNDLE_TENSORS_FILE).stat().st_size
         manifest["storage"] = storage_report(adapters, result, file_bytes).to_dict()
@@ -152,16 +182,24 @@ class Bundle:
 
     path: Path
     manifest: dict
-    modules: dict[str, SharedLowRank]
+    modules: dict[str, ModuleFactors]
 
     def task_adapter_path(self, task: str) -> Path:
         return self.path / task_folder(task)
 
     def head_of(self, task: str) -> int:
-        for member in self.manifest["members"]:
+        return self.member_of(task)[1]["head"]
+
+    def member_of(self, task: str) -> tuple[int, dict]:
+        """(position, manifest member) of `task`."""
+        for position, member in enumerate(self.manifest["members"]):
             if member["task"] == task:
-                return member["head"]
+                return position, member
         raise BundleError(f"bundle {self.manifest['bundle_id']} has no task {task!r}")
+
+    def task_delta(self, task: str, module: str) -> LoraDelta:
+        position, member = self.member_of(task)
+        return self.modules[module].task_delta(position, member["head"])
 
 
 def read_bundle(folder: str | Path) -> Bundle:
@@ -173,17 +211,28 @@ def read_bundle(folder: str | Path) -> Bundle:
         raise BundleError(f"{folder}: no {MANIFEST_FILE}; not a bundle") from None
     except json.JSONDecodeError as exc:
         raise BundleError(f"{folder / MANIFEST_FILE}: not valid JSON ({exc})") from None
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise BundleError(f"{folder}: unsupported bundle schema {manifest.get('schema_version')!r}")
+    schema = manifest.get("schema_version")
+    if schema not in SCHEMA_VERSIONS:
+        raise BundleError(
+            f"{folder}: unsupported bundle schema {schema!r} (this hydracat reads {SCHEMA_VERSIONS})"
+        )
     tensors, _ = read_safetensors(folder / BUNDLE_TENSORS_FILE)
-    heads = manifest["heads"]
-    modules = {}
-    for key in tensors:
-        if key.endswith(".lora_A"):
-            module = key.removesuffix(".lora_A")
-            try:
-                b = torch.stack([tensors[f"{module}.lora_B.{h}"].float() for h in range(heads)])
-            except KeyError as exc:
-                raise BundleError(f"{folder}: missing tensor {exc.args[0]}") from None
-            modules[module] = SharedLowRank(tensors[key].float(), b)
+    names = sorted({match["module"] for key in tensors if (match := TENSOR_KEY.fullmatch(key))})
+    try:
+        modules = {
+            module: read_module(tensors, module, schema, manifest["heads"], len(manifest["members"]))
+            for module in names
+        }
+    except KeyError as exc:
+        raise BundleError(f"{folder}: missing tensor {exc.args[0]}") from None
     return Bundle(folder, manifest, modules)
+
+
+def read_module(tensors: dict, module: str, schema: int, heads: int, members: int) -> ModuleFactors:
+    def stack(kind: str, count: int) -> torch.Tensor:
+        return torch.stack([tensors[f"{module}.{kind}.{i}"].float() for i in range(count)])
+
+    if schema == CORE_SCHEMA:
+        return CoreLowRank(stack("jd_U", heads), stack("jd_Vt", heads), stack("jd_core", members))
+    a = stack("lora_A", heads) if schema == PER_HEAD_A_SCHEMA else tensors[f"{module}.lora_A"].float()
+    return SharedLowRank(a, stack("lora_B", heads))

@@ -5,7 +5,9 @@ A method is one module defining a `MergeMethod` (typed params + pure functions) 
 
 from hydraopt.methods.base import MergeMethod
 from hydraopt.methods.hydraopt import HYDRAOPT
+from hydraopt.methods.joint_diagonalization import JD_DIAG, JD_FULL
 from hydraopt.methods.task_arithmetic import DARE_LINEAR, DARE_TIES, TASK_ARITHMETIC, TIES
+from hydraopt.methods.truncation import TRUNCATION
 
 METHODS: dict[str, MergeMethod] = {
     method.name: method
@@ -15,6 +17,9 @@ METHODS: dict[str, MergeMethod] = {
         TIES,
         DARE_LINEAR,
         DARE_TIES,
+        TRUNCATION,
+        JD_FULL,
+        JD_DIAG,
     )
 }
 

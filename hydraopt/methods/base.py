@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydraopt.adapter import Adapter
-from hydraopt.factors import SharedLowRank
+from hydraopt.factors import ModuleFactors
 
 RANK_HELP = "r', rank of the shared A' (default: the largest source rank)"
-MergeModule = Callable[..., SharedLowRank]
+MergeModule = Callable[..., ModuleFactors]
 Assign = Callable[[Sequence[Adapter], Any], list[int]]
 
 
@@ -37,7 +37,8 @@ class MergeMethod:
     gets the deltas of one module (one per task, float32, on the compute device), the task ->
     head assignment, the resolved params and (keyword `module`) the module's name, for methods
     whose randomness must differ per module; it returns A' with exactly `rank` rows and one B'
-    per head. `refinable`: its merges can go through refinement and distillation
+    per head (`SharedLowRank`), or a `CoreLowRank` (one U, V per head, a core per task).
+    `refinable`: its merges can go through refinement and distillation
     (`hydraopt.evaluation.pipeline`).
     """
 
