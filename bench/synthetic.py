@@ -122,6 +122,27 @@ def make_peft_adapter(
     return out
 
 
+def make_peft_vera_adapter(
+    base: Path, out: Path, *, seed: int, rank: int = 8, targets: tuple[str, ...] = ATTENTION, **vera_kwargs
+) -> Path:
+    """A real PEFT VeRA on `base` with random (non-zero) λ_b and λ_d, saved with save_pretrained
+    (with its projections unless `save_projection=False` is passed)."""
+    from peft import VeraConfig, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    if (out / ADAPTER_CONFIG_FILE).is_file():
+        return out
+    model = LlamaForCausalLM.from_pretrained(base)
+    peft_model = get_peft_model(model, VeraConfig(r=rank, target_modules=list(targets), **vera_kwargs))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "vera_lambda_" in name:
+                param.copy_(torch.randn(param.shape, generator=generator))
+    peft_model.save_pretrained(out)
+    return out
+
+
 def write_random_lora(
     out: Path,
     shapes: dict[str, tuple[int, int]],

@@ -59,6 +59,7 @@ from hydraopt.formats.layout import (
     check_task_name,
 )
 from hydraopt.formats.peft_lora import load_adapter
+from hydraopt.formats.safetensors_io import PICKLE_SUFFIXES, weight_shapes
 from registry.api import Registry, chunks
 from registry.store import ObjectStore
 from registry.store.base import InvalidKeyError, validate_key
@@ -69,7 +70,6 @@ RETRIES = dict(retries=3, retry_delay_seconds=RETRY_DELAYS_S, retry_condition_fn
 SYNC_BATCH = 256  # folders per task run
 SYNC_THREADS = 8  # folders of a batch downloaded at once, ahead of the one being judged
 ARTIFACT_ROWS = 500  # rows of the sync-catalog table artifact
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
 @dataclass(frozen=True)
@@ -140,18 +140,6 @@ def files_digest(local: Path) -> str:
     return digest.hexdigest()
 
 
-def base_model_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
-    """Weight shapes of a base model folder, from the safetensors headers only."""
-    from safetensors import safe_open
-
-    shapes = {}
-    for path in sorted(folder.glob("*.safetensors")):
-        with safe_open(path, "pt") as handle:
-            for name in handle.keys():  # noqa: SIM118 - safe_open is not a dict
-                shapes[name] = tuple(handle.get_slice(name).get_shape())
-    return shapes
-
-
 def read_source(local: Path) -> str:
     """The `hf://org/repo[@revision]` URI of a folder's source.json."""
     data = (local / SOURCE_FILE).read_bytes()
@@ -218,7 +206,7 @@ class BaseModels:
 
     def shapes(self, base: BaseModelFolder) -> dict[str, tuple[int, ...]]:
         if base.folder not in self._shapes:
-            self._shapes[base.folder] = base_model_shapes(base.folder)
+            self._shapes[base.folder] = weight_shapes(base.folder)
         return self._shapes[base.folder]
 
 

@@ -21,6 +21,7 @@ TASKS_FOLDER = "tasks"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 PEFT_FILES = (ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE)
+PEFT_PREFIX = "base_model.model."  # of every module's tensors in a PEFT adapter's weights
 EVAL_FILE = "eval.jsonl"
 SOURCE_FILE = "source.json"  # {"uri": "hf://org/repo[@revision]"}: an adapter on the hub
 BUNDLES_PREFIX = "bundles/"

@@ -1,14 +1,16 @@
 """PEFT LoRA folders: `adapter_config.json` + `adapter_model.safetensors`, in and out.
 
 Loading normalises every module to ΔW = s·B·A with s = lora_alpha/r (alpha/√r for rsLoRA),
-honouring `rank_pattern` and `alpha_pattern` the way PEFT matches them. Features that cannot
-be merged are reported on the adapter, never silently dropped.
+honouring `rank_pattern` and `alpha_pattern` the way PEFT matches them. PEFT VeRA folders load
+as the LoRA they amount to (`hydraopt.formats.peft_vera`). Features that cannot be merged are
+reported on the adapter, never silently dropped.
 """
 
 import hashlib
 import json
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -18,10 +20,11 @@ from hydraopt.adapter import Adapter
 from hydraopt.errors import CorruptAdapterError, UnsafeFormatError, UnsupportedFeatureError
 from hydraopt.factors import LoraDelta
 from hydraopt.formats.hub import HubAccess, Snapshot, parse_hub_uri, snapshot
-from hydraopt.formats.layout import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, PEFT_FILES
-from hydraopt.formats.safetensors_io import PICKLE_SUFFIXES, read_safetensors
+from hydraopt.formats.layout import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, PEFT_FILES, PEFT_PREFIX
+from hydraopt.formats.peft_vera import vera_deltas
+from hydraopt.formats.safetensors_io import PICKLE_SUFFIXES, read_safetensors, weight_shapes
 
-PEFT_PREFIX = "base_model.model."
+ADAPTER_TYPES = ("LORA", "VERA")  # both merge as LoRA factors
 LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>A|B)(?:\.(?P<adapter>[^.]+))?\.weight$")
 UNSUPPORTED_KEYS = {
     "lora_magnitude_vector": "DoRA magnitude vectors (use_dora)",
@@ -51,8 +54,10 @@ def read_config(folder: Path) -> dict:
     if not isinstance(config, dict):
         raise CorruptAdapterError(f"{path}: expected a JSON object")
     peft_type = config.get("peft_type")
-    if peft_type != "LORA":
-        raise UnsupportedFeatureError(f"{path}: peft_type {peft_type!r} is not supported (LORA only)")
+    if peft_type not in ADAPTER_TYPES:
+        raise UnsupportedFeatureError(
+            f"{path}: peft_type {peft_type!r} is not supported ({' or '.join(ADAPTER_TYPES)} only)"
+        )
     checks = {
         "r": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
         "lora_alpha": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v > 0,
@@ -60,8 +65,9 @@ def read_config(folder: Path) -> dict:
         "use_rslora": lambda v: isinstance(v, bool),
         "rank_pattern": lambda v: isinstance(v, dict),
         "alpha_pattern": lambda v: isinstance(v, dict),
+        "save_projection": lambda v: isinstance(v, bool),
     }
-    required = {"r", "lora_alpha", "base_model_name_or_path"}
+    required = {"r", "base_model_name_or_path"} | ({"lora_alpha"} if peft_type == "LORA" else set())
     for key, ok in checks.items():
         if key not in config or config[key] is None:
             if key in required:
@@ -150,8 +156,14 @@ def normalise(factors: dict, config: dict, origin: str) -> dict[str, LoraDelta]:
     return deltas
 
 
-def load_adapter(source: str | Path, *, task: str | None = None) -> Adapter:
-    """Load a PEFT LoRA adapter from a local folder (or `hf://repo[@revision]`)."""
+def load_adapter(
+    source: str | Path, *, task: str | None = None, base_shapes: Mapping[str, tuple[int, ...]] | None = None
+) -> Adapter:
+    """Load a PEFT LoRA (or VeRA) adapter from a local folder (or `hf://repo[@revision]`).
+
+    A VeRA adapter's modules take their input sizes from the base model: `base_shapes` (weight
+    name -> shape), else the safetensors headers of the config's base model when it is a folder.
+    """
     folder = resolve_source(source)
     if not folder.is_dir():
         if folder.is_file():
@@ -160,14 +172,19 @@ def load_adapter(source: str | Path, *, task: str | None = None) -> Adapter:
     config = read_config(folder)
     weights_path = find_weights(folder)
     tensors, raw = read_safetensors(weights_path)
-    factors, unsupported = split_factors(tensors, str(weights_path))
+    if config["peft_type"] == "VERA":
+        shapes = vera_base_shapes(config, weights_path) if base_shapes is None else base_shapes
+        modules, unsupported = vera_deltas(tensors, config, shapes, str(weights_path)), []
+    else:
+        factors, unsupported = split_factors(tensors, str(weights_path))
+        modules = normalise(factors, config, str(weights_path))
     dtype = next(iter(tensors.values())).dtype
     return Adapter(
         name=folder.name,
         base_model=config["base_model_name_or_path"],
         revision=config.get("revision"),
         adapter_type="LORA",
-        modules=normalise(factors, config, str(weights_path)),
+        modules=modules,
         dtype=dtype,
         sha256=adapter_digest(config, raw),
         config=config,
@@ -175,6 +192,17 @@ def load_adapter(source: str | Path, *, task: str | None = None) -> Adapter:
         unsupported=tuple(sorted(set(unsupported) | set(config_features(config)))),
         task=task,
     )
+
+
+def vera_base_shapes(config: dict, origin: Path) -> dict[str, tuple[int, ...]]:
+    """The weight shapes of a VeRA adapter's base model, when its config names a local folder."""
+    base = Path(config["base_model_name_or_path"])
+    if not base.is_dir():
+        raise UnsupportedFeatureError(
+            f"{origin}: a VeRA adapter's module input sizes come from its base model, and "
+            f"{config['base_model_name_or_path']!r} is not a local folder; pass the base model's shapes"
+        )
+    return weight_shapes(base)
 
 
 def refuse_pickle_or_file(path: Path) -> None:

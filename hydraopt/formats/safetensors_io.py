@@ -11,6 +11,7 @@ import struct
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load
 
 from hydraopt.errors import CorruptAdapterError, UnsafeFormatError
@@ -22,6 +23,16 @@ DTYPE_SIZES = {
     "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
 }  # fmt: skip
 FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
+
+
+def weight_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes of a model folder's *.safetensors files, from their headers only."""
+    shapes = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(path, "pt") as handle:
+            for name in handle.keys():  # noqa: SIM118 - safe_open is not a dict
+                shapes[name] = tuple(handle.get_slice(name).get_shape())
+    return shapes
 
 
 def refuse_pickle(path: Path) -> None:
