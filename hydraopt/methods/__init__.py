@@ -4,8 +4,10 @@ A method is one module defining a `MergeMethod` (typed params + pure functions) 
 """
 
 from hydraopt.methods.base import MergeMethod
+from hydraopt.methods.core_space import CORE_SPACE
 from hydraopt.methods.hydraopt import HYDRAOPT
 from hydraopt.methods.joint_diagonalization import JD_DIAG, JD_FULL
+from hydraopt.methods.knots import KNOTS
 from hydraopt.methods.task_arithmetic import DARE_LINEAR, DARE_TIES, TASK_ARITHMETIC, TIES
 from hydraopt.methods.truncation import TRUNCATION
 
@@ -20,6 +22,8 @@ METHODS: dict[str, MergeMethod] = {
         TRUNCATION,
         JD_FULL,
         JD_DIAG,
+        CORE_SPACE,
+        KNOTS,
     )
 }
 

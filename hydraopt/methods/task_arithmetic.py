@@ -66,7 +66,33 @@ class DareTiesParams:
     seed: int = knob(0, help="seed of the random drop")
 
 
-BaselineParams = TaskArithmeticParams | TiesParams | DareLinearParams | DareTiesParams
+# Each member: (sparsify, elect signs, default weights 1/N rather than 1.0).
+FAMILY: dict[str, tuple[Sparsify | None, bool, bool]] = {
+    "task_arithmetic": (None, False, True),
+    "ties": ("magnitude", True, False),
+    "dare_linear": ("random", False, True),
+    "dare_ties": ("random", True, False),
+}
+
+
+@dataclass(frozen=True)
+class SubspaceMergeParams:
+    """A family member (`merge`) applied to the tasks' coordinates in a shared subspace (Core
+    Space, KnOTS), with that member's knobs; `weights` default as the member's do."""
+
+    rank: int | None = knob(help=RANK_HELP)
+    merge: str = knob("ties", choices=tuple(FAMILY), help="the merge applied in the subspace")
+    weights: list[float] | None = knob(help="per-task weights, comma-separated in the sources' order")
+    density: float = knob(0.5, help="fraction of each update's entries kept by pruning")
+    majority_sign_method: str = knob("total", choices=SIGN_METHODS, help=SIGN_HELP)
+    seed: int = knob(0, help="seed of the random drop")
+
+    def __post_init__(self) -> None:
+        if self.merge not in FAMILY:
+            raise ValueError(f"merge must be one of {tuple(FAMILY)}, got {self.merge!r}")
+
+
+BaselineParams = TaskArithmeticParams | TiesParams | DareLinearParams | DareTiesParams | SubspaceMergeParams
 
 
 def magnitude_prune(tensor: torch.Tensor, density: float) -> torch.Tensor:
@@ -154,29 +180,36 @@ def module_seed(seed: int, module: str) -> int:
     return seed ^ zlib.crc32(module.encode()) if module else seed
 
 
-def dense_merge(sparsify: Sparsify, with_signs: bool, mean_weights: bool) -> Callable[..., SharedLowRank]:
-    """The merge_module of a family member that prunes dense updates.
+def merge_family(
+    stacked: torch.Tensor, member: str, params: BaselineParams, module: str = ""
+) -> torch.Tensor:
+    """Family member `member` over stacked task tensors (N × ...), with `params`' knobs.
 
-    Default weights are 1/N when `mean_weights`, else 1.0. DARE seeds a generator per module
-    from `params.seed` and the module name: reproducible, yet no two modules share a drop mask.
+    DARE seeds a generator per module from `params.seed` and the module name: reproducible, yet
+    no two modules share a drop mask.
     """
+    sparsify, with_signs, mean_weights = FAMILY[member]
+    device = stacked.device
+    generator = None
+    if sparsify == "random":
+        generator = torch.Generator(device=device).manual_seed(module_seed(params.seed, module))
+    return generalized_task_arithmetic(
+        stacked,
+        task_weights(params, len(stacked), 1.0 / len(stacked) if mean_weights else 1.0, device),
+        sparsify=sparsify,
+        density=getattr(params, "density", 1.0),
+        sign_method=params.majority_sign_method if with_signs else None,
+        generator=generator,
+    )
+
+
+def dense_merge(member: str) -> Callable[..., SharedLowRank]:
+    """The merge_module of a family member that prunes dense updates."""
 
     def merge_module(
         deltas: Sequence[LoraDelta], assignment: Sequence[int], params: BaselineParams, module: str = ""
     ) -> SharedLowRank:
-        device = deltas[0].A.device
-        default = 1.0 / len(deltas) if mean_weights else 1.0
-        generator = None
-        if sparsify == "random":
-            generator = torch.Generator(device=device).manual_seed(module_seed(params.seed, module))
-        merged = generalized_task_arithmetic(
-            torch.stack([d.dense() for d in deltas]),
-            task_weights(params, len(deltas), default, device),
-            sparsify=sparsify,
-            density=params.density,
-            sign_method=params.majority_sign_method if with_signs else None,
-            generator=generator,
-        )
+        merged = merge_family(torch.stack([d.dense() for d in deltas]), member, params, module)
         return dense_to_single_head(merged, params.rank)
 
     return merge_module
@@ -191,18 +224,18 @@ TASK_ARITHMETIC = MergeMethod(
 TIES = MergeMethod(
     "ties",
     TiesParams,
-    dense_merge("magnitude", with_signs=True, mean_weights=False),
+    dense_merge("ties"),
     description="TIES: magnitude pruning, sign election, disjoint mean",
 )
 DARE_LINEAR = MergeMethod(
     "dare_linear",
     DareLinearParams,
-    dense_merge("random", with_signs=False, mean_weights=True),
+    dense_merge("dare_linear"),
     description="DARE: seeded random drop with rescale, then weighted sum (default: mean)",
 )
 DARE_TIES = MergeMethod(
     "dare_ties",
     DareTiesParams,
-    dense_merge("random", with_signs=True, mean_weights=False),
+    dense_merge("dare_ties"),
     description="DARE drop with rescale, then sign election and disjoint mean",
 )
