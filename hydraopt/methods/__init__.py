@@ -8,6 +8,7 @@ from hydraopt.methods.core_space import CORE_SPACE
 from hydraopt.methods.hydraopt import HYDRAOPT
 from hydraopt.methods.joint_diagonalization import JD_DIAG, JD_FULL
 from hydraopt.methods.knots import KNOTS
+from hydraopt.methods.lora_lego import LORA_LEGO
 from hydraopt.methods.task_arithmetic import DARE_LINEAR, DARE_TIES, TASK_ARITHMETIC, TIES
 from hydraopt.methods.truncation import TRUNCATION
 
@@ -24,6 +25,7 @@ METHODS: dict[str, MergeMethod] = {
         JD_DIAG,
         CORE_SPACE,
         KNOTS,
+        LORA_LEGO,
     )
 }
 
