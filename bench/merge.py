@@ -27,6 +27,7 @@ from hydraopt.formats.layout import ADAPTER_WEIGHTS_FILE, PEFT_FILES
 BASE_MODEL = "synthetic/llama-3.2-1b-attention"
 SEED = 1000
 PEFT_METHODS = ("ties", "dare_ties", "svd")
+RIVALS = ("truncation", "jd_full", "jd_diag", "core_space", "knots", "lora_lego")  # ours, at r' = r
 DENSITY = 0.5
 
 
@@ -110,19 +111,20 @@ def load_all(config: BenchConfig) -> tuple[list, float]:
     return adapters, time.perf_counter() - start
 
 
-def run_hydraopt(config: BenchConfig, heads: int) -> dict:
+def run_ours(config: BenchConfig, method: str, label: str, **params) -> dict:
+    """One of our registered methods at r' = the sources' rank, with `params`."""
     from hydraopt.device import resolve_device
     from hydraopt.merge import merge_adapters
 
     adapters, load_s = load_all(config)
     device = str(resolve_device(None))
     start = time.perf_counter()
-    result = merge_adapters(adapters, "hydraopt", heads=heads, rank=config.rank)
+    result = merge_adapters(adapters, method, rank=config.rank, **params)
     wall_s = time.perf_counter() - start
     return {
-        "method": f"hydraopt K={heads}",
+        "method": label,
         "impl": "hydracat",
-        "params": {"heads": heads, "rank": config.rank, "device": device},
+        "params": {**params, "rank": config.rank, "device": device},
         "wall_s": wall_s,
         "load_s": load_s,
         **summarise(adapters, result),
@@ -247,10 +249,12 @@ def run_peft(config: BenchConfig, method: str) -> dict:
 
 
 def run_one(spec: str, config: BenchConfig) -> dict:
-    """One method in this process; `spec` is `hydraopt:K` or `peft:ties|dare_ties|svd`."""
+    """One method in this process; `spec` is `hydraopt:K`, `ours:<method>` or `peft:ties|dare_ties|svd`."""
     impl, _, arg = spec.partition(":")
     if impl == "hydraopt":
-        record = run_hydraopt(config, int(arg))
+        record = run_ours(config, "hydraopt", f"hydraopt K={arg}", heads=int(arg))
+    elif impl == "ours" and arg in RIVALS:
+        record = run_ours(config, arg, arg)
     elif impl == "peft" and arg in PEFT_METHODS:
         record = run_peft(config, arg)
     else:
@@ -334,7 +338,7 @@ def run_bench(args: argparse.Namespace) -> int:
     write_adapters(config)
     print(f"[bench merge] {config.adapters} adapters in {cache} ({time.perf_counter() - start:.1f} s)",
           file=sys.stderr)  # fmt: skip
-    specs = [f"hydraopt:{k}" for k in config.heads]
+    specs = [f"hydraopt:{k}" for k in config.heads] + [f"ours:{m}" for m in args.methods]
     if not args.skip_peft:
         specs += [f"peft:{m}" for m in PEFT_METHODS]
     results = []
@@ -382,6 +386,14 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def rival_list(text: str) -> list[str]:
+    methods = [method for method in text.split(",") if method]
+    unknown = sorted(set(methods) - set(RIVALS))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown method(s) {unknown}; choose from {','.join(RIVALS)}")
+    return methods
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", required=True, help="write the results here")
     parser.add_argument("--adapters", type=int, default=16, help="N source adapters (default 16)")
@@ -391,7 +403,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-out", type=int, default=512, help="k/v projection out size (default 512)")
     parser.add_argument("--heads", default="N,4", help="HydraOpt K values, N = one per task (default N,4)")
     parser.add_argument("--cache", default=None, help="adapter cache folder (default .cache/bench/merge-...)")
-    parser.add_argument("--skip-peft", action="store_true", help="only run HydraOpt (quick)")
+    parser.add_argument("--skip-peft", action="store_true", help="leave PEFT's methods out (quick)")
+    parser.add_argument(
+        "--methods", type=rival_list, default=list(RIVALS),
+        help=f"our other methods to time at r' = r, comma-separated (default {','.join(RIVALS)})",
+    )  # fmt: skip
 
 
 def add_merge_bench(benches: argparse._SubParsersAction) -> None:
