@@ -8,7 +8,9 @@
    metric / original task metric; token agreement and KL on the answer positions).
 4. Settings: each original adapter ("individual", storage 1), hydraopt's own task arithmetic, TIES,
    DARE and DARE-TIES (`hydraopt.methods`, merging the dense updates; results kept at the source
-   rank, so their storage is 1/N), and HydraOpt for every K in --heads and r' in --ranks: the
+   rank, so their storage is 1/N), the rivals (per-adapter truncation, JD-Full, JD-Diag, Core
+   Space, KnOTS, LoRA-LEGO) each at the largest r' storing at most about 1/N, 0.25 and 0.5 of the
+   sources, and HydraOpt for every K in --heads and r' in --ranks: the
    data-free closed form and, unless --refine-examples 0, the same setting refined on each task's
    input statistics over its first --refine-examples train examples (`hydraopt.refine`), and with
    --distill-steps N that refined merge after N gradient steps on the model's KL to the originals
@@ -48,10 +50,14 @@ from hydraopt.evaluation.pipeline import MergePipeline
 from hydraopt.evaluation.suite import TaskSet
 from hydraopt.formats.peft_lora import load_adapter
 from hydraopt.merge import MergeResult
+from hydraopt.methods import get_method
+from hydraopt.methods.base import Layout
 from hydraopt.metrics import reconstruction_errors
 from hydraopt.storage import storage_report
 
 BASELINES = ("task_arithmetic", "ties", "dare_linear", "dare_ties")
+RIVALS = ("truncation", "jd_full", "jd_diag", "core_space", "knots", "lora_lego")  # at matched storage
+RIVAL_COLOURS = dict(zip(RIVALS, ("tab:red", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")))
 TARGET_STORAGE = 0.55
 TARGET_WORDS = {True: "met", False: "MISSED", None: "not applicable"}
 
@@ -217,6 +223,26 @@ def targets(rows: list[dict], auto: dict, source_rank: int) -> dict:
     }
 
 
+def storage_points(tasks: int) -> list[float]:
+    """The storage shares the rivals are matched at: about 1/N (one LoRA's worth), 0.25 and 0.5."""
+    return sorted({round(1 / tasks, 6), 0.25, 0.5})
+
+
+def matched_rank(method: str, adapters: list, share: float) -> int:
+    """The largest r' at which `method` stores at most `share` of the sources (at least 1; K = N
+    for truncation, one group for JD, one head for the others)."""
+    layout = Layout.of(adapters)
+    source = sum(a.num_params for a in adapters)
+    heads = layout.tasks if method == "truncation" else 1
+    ceiling = (
+        max(a.max_rank for a in adapters) if method == "truncation" else sum(a.max_rank for a in adapters)
+    )
+    fitting = [
+        r for r in range(1, ceiling + 1) if get_method(method).storage(layout, r, heads) <= share * source
+    ]
+    return max(fitting, default=1)
+
+
 def table(rows: list[dict]) -> str:
     header = (
         f"{'setting':<26} {'K':>3} {'r':>3} {'storage':>8} {'mean ret':>9} {'min ret':>8} "
@@ -248,12 +274,20 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     families = {"individual": "black", "hydraopt": "tab:blue", "hydraopt+refine": "tab:green",
                 "hydraopt+distill": "tab:purple"}  # fmt: skip
-    families |= dict.fromkeys(BASELINES, "tab:orange")
+    families |= dict.fromkeys(BASELINES, "tab:orange") | RIVAL_COLOURS
     for family, colour in families.items():
         points = [r for r in rows if family_of(r) == family]
         if not points:
             continue
-        marker = "o" if family.startswith("hydraopt") else "s" if family in BASELINES else "*"
+        marker = (
+            "o"
+            if family.startswith("hydraopt")
+            else "s"
+            if family in BASELINES
+            else "^"
+            if family in RIVALS
+            else "*"
+        )
         ax.scatter([r["storage_ratio"] for r in points], [r["mean_retention"] for r in points],
                    c=colour, marker=marker, s=60, label=family)  # fmt: skip
         for r in points:
@@ -338,6 +372,9 @@ def run_bench(args: argparse.Namespace) -> int:
     })  # fmt: skip
     for method in BASELINES:
         sweep.run(method, method)
+    for method in RIVALS:
+        for rank in sorted({matched_rank(method, adapters, share) for share in storage_points(n)}):
+            sweep.run(f"{method} r'={rank}", method, rank=rank)
     heads = sorted({min(k, n) if k > 0 else n for k in args.heads})
     for k in heads:
         for r in args.ranks:

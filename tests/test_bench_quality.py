@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from bench.quality import RIVALS
 from flows.cli import main
 from hydraopt.evaluation import read_suite
 
@@ -34,7 +35,9 @@ def test_every_setting_is_reported_with_storage_and_retention(run):
         for r in RANKS
         for kind in ("", "+refine", "+distill")
     ]
-    assert names == ["individual", "task_arithmetic", "ties", "dare_linear", "dare_ties", *hydra]
+    rivals = [name for name in names if name.split(" ")[0] in RIVALS]
+    assert names == ["individual", "task_arithmetic", "ties", "dare_linear", "dare_ties", *rivals, *hydra]
+    assert {name.split(" ")[0] for name in rivals} == set(RIVALS)
     n = len(TASKS)
     for row in report["results"]:
         assert set(row["tasks"]) == set(TASKS)
@@ -45,6 +48,8 @@ def test_every_setting_is_reported_with_storage_and_retention(run):
                 n * 4 * (sum_in + sum_out)
             )
             assert row["storage_ratio"] == pytest.approx(expected)
+        elif row["method"] in RIVALS:  # matched to about 1/N, 0.25 or 0.5 of the sources
+            assert row["storage_ratio"] <= 0.5 + 1e-9 or row["rank"] == 1
         elif row["method"] != "individual":
             assert row["storage_ratio"] == pytest.approx(1 / n)
     assert report["config"]["notice"] and "tiny" in report["config"]["notice"]

@@ -15,6 +15,8 @@ from hydraopt.adapter import Adapter
 from hydraopt.evaluation.function import TaskScore
 from hydraopt.evaluation.gate import Gate, GateDecision
 from hydraopt.merge import MergeResult, merge_adapters
+from hydraopt.methods.base import Layout
+from hydraopt.methods.hydraopt import HYDRAOPT
 
 Evaluate = Callable[[MergeResult], Mapping[str, TaskScore]]
 Refine = Callable[[MergeResult], MergeResult]
@@ -63,19 +65,13 @@ def settings(
     adapters: Sequence[Adapter], heads: Sequence[int] | None = None, ranks: Sequence[int] | None = None
 ) -> list[Setting]:
     """Every (K, r') storing less than the sources, smallest storage first; K is capped at N."""
-    first = adapters[0]
-    sum_in = sum(delta.shape[1] for delta in first.modules.values())
-    sum_out = sum(delta.shape[0] for delta in first.modules.values())
+    layout = Layout.of(adapters)
     source = sum(a.num_params for a in adapters)
     n = len(adapters)
     heads = {min(k, n) for k in heads} if heads else default_heads(n)  # K above N (a smaller group) is N
     ranks = ranks or default_ranks(max(a.max_rank for a in adapters))
-    found = {
-        Setting(k, r, (r * sum_in + k * r * sum_out) / source)
-        for k in heads
-        for r in ranks
-        if k >= 1 and r * sum_in + k * r * sum_out < source
-    }
+    stored = {(k, r): HYDRAOPT.storage(layout, r, k) for k in heads for r in ranks if k >= 1}
+    found = {Setting(k, r, params / source) for (k, r), params in stored.items() if params < source}
     return sorted(found, key=lambda s: (s.storage_ratio, s.heads))
 
 

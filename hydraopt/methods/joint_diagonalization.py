@@ -23,7 +23,7 @@ import torch
 
 from hydraopt.adapter import Adapter
 from hydraopt.factors import CoreLowRank, LoraDelta
-from hydraopt.methods.base import RANK_HELP, MergeMethod, knob
+from hydraopt.methods.base import RANK_HELP, Layout, MergeMethod, knob
 from hydraopt.methods.hydraopt import cluster_tasks, task_gram
 
 FULL_ITERATIONS, DIAG_ITERATIONS = 10, 100  # the authors' defaults
@@ -142,11 +142,22 @@ def assign_groups(adapters: Sequence[Adapter], params: JointDiagonalizationParam
     return cluster_tasks(task_gram(adapters), heads, params.seed)
 
 
+def jd_storage(diagonal: bool):
+    """K groups' U, V (K·r'·(Σd_in + Σd_out)) and per task and module a core of r'² (or r')."""
+
+    def storage(layout: Layout, rank: int, heads: int) -> int:
+        core = rank if diagonal else rank * rank
+        return heads * rank * (layout.sum_in + layout.sum_out) + layout.tasks * layout.modules * core
+
+    return storage
+
+
 JD_FULL = MergeMethod(
     "jd_full",
     JointDiagonalizationParams,
     jd_merge(diagonal=False),
     assign=assign_groups,
+    storage=jd_storage(diagonal=False),
     description="JD-Full: shared U, V per module and a full r'×r' core per task (Compress then Serve)",
 )
 JD_DIAG = MergeMethod(
@@ -154,5 +165,6 @@ JD_DIAG = MergeMethod(
     JointDiagonalizationParams,
     jd_merge(diagonal=True),
     assign=assign_groups,
+    storage=jd_storage(diagonal=True),
     description="JD-Diag: shared U, V per module and a diagonal core per task (Compress then Serve)",
 )

@@ -14,7 +14,7 @@ import torch
 
 from hydraopt.adapter import Adapter
 from hydraopt.factors import LoraDelta, SharedLowRank
-from hydraopt.methods.base import MergeMethod, knob
+from hydraopt.methods.base import Layout, MergeMethod, knob
 
 
 @dataclass(frozen=True)
@@ -47,10 +47,16 @@ def merge_truncation(
     return SharedLowRank(torch.stack([t.A for t in truncated]), torch.stack([t.B for t in truncated]))
 
 
+def truncation_storage(layout: Layout, rank: int, heads: int) -> int:
+    """K = N heads, each its own A' and B': N·k·(Σd_in + Σd_out)."""
+    return heads * rank * (layout.sum_in + layout.sum_out)
+
+
 TRUNCATION = MergeMethod(
     "truncation",
     TruncationParams,
     merge_truncation,
     assign=one_head_per_task,
+    storage=truncation_storage,
     description="per-adapter truncation: each task its own best rank-k factors (nothing shared)",
 )
