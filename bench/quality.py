@@ -381,9 +381,10 @@ def run_bench(args: argparse.Namespace) -> int:
             for stage in pipeline.stages:
                 name = f"{FAMILY_OF_STAGE[stage]} K={k} r'={r}"
                 sweep.run(name, "hydraopt", stage, heads=k, rank=r)
+    auto_start = time.perf_counter()
     auto = auto_hydraopt(adapters, pipeline.score, originals, gate=gate, heads=heads, ranks=args.ranks,
-                         refine=pipeline.finish, device=args.device)  # fmt: skip
-    auto_report = auto.to_dict()
+                         refine=pipeline.finish, screen=pipeline.screen(), device=args.device)  # fmt: skip
+    auto_report = auto.to_dict() | {"seconds_with_the_sweeps_scores": time.perf_counter() - auto_start}
     log(f"auto: {auto_report['setting']}, excluded {sorted(auto.excluded)}")
     evaluate_s = time.perf_counter() - start
 

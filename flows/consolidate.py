@@ -351,7 +351,7 @@ def merge_group(
     if method == AUTO:
         refiner = pipeline.finish if pipeline.improves else None
         outcome = auto_hydraopt(adapters, pipeline.score, pipeline.originals, gate=gate, refine=refiner,
-                                device=settings.device)  # fmt: skip
+                                screen=pipeline.screen(), device=settings.device)  # fmt: skip
         excluded, result, decision = outcome.excluded, outcome.result, outcome.decision
     else:
         result = pipeline.merge(method, **params)

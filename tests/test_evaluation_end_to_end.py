@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hydraopt import load_adapter, merge_adapters
-from hydraopt.evaluation import Evaluator, Gate, auto_hydraopt, settings
+from hydraopt.evaluation import Evaluator, Gate, Screen, auto_hydraopt, settings
 from hydraopt.evaluation.function import encode_task, run_task
 from hydraopt.evaluation.model import load_causal_lm
 from hydraopt.evaluation.suite import Example, TaskSet
@@ -69,15 +69,30 @@ def test_gate_refuses_a_random_merge_and_publishes_a_good_one(evaluator, adapter
 def test_auto_picks_the_smallest_setting_that_passes(evaluator, adapters):
     gate = Gate()
     outcome = auto_hydraopt(adapters, evaluator.merged, evaluator.original_scores, gate=gate)
+    exhaustive = exhaustive_choice(adapters, evaluator, gate)
+    assert outcome.setting == exhaustive
+    assert outcome.decision.publish and not outcome.excluded
+    chosen = [t for t in outcome.tried if (t["heads"], t["rank"]) == (exhaustive.heads, exhaustive.rank)]
+    assert [t["publish"] for t in chosen] == [True] and {t["by"] for t in outcome.tried} == {"full"}
+    assert (
+        len(outcome.tried) <= settings(adapters).index(exhaustive) + 1
+    )  # never more than trying them in order
+    sliced = evaluator.screening(2)  # of each task's eval rows
+    screen = Screen(sliced.merged, sliced.original_scores)
+    screened = auto_hydraopt(adapters, evaluator.merged, evaluator.original_scores, gate=gate, screen=screen)
+    assert screened.setting == exhaustive
+    assert screened.to_dict()["screens"] > 0 and screened.to_dict()["full_evaluations"] < len(outcome.tried)
+
+
+def exhaustive_choice(adapters, evaluator, gate):
+    """Every setting merged and evaluated in full; the smallest storage that passes."""
     passing = []
     for setting in settings(adapters):
         result = merge_adapters(adapters, "hydraopt", heads=setting.heads, rank=setting.rank)
         if gate.decide(evaluator.original_scores, evaluator.merged(result)).publish:
             passing.append(setting)
     assert passing, "no setting passes: the test would prove nothing"
-    assert outcome.setting == min(passing, key=lambda s: (s.storage_ratio, s.heads))
-    assert outcome.decision.publish and not outcome.excluded
-    assert [t["publish"] for t in outcome.tried] == [False] * (len(outcome.tried) - 1) + [True]
+    return min(passing, key=lambda s: (s.storage_ratio, s.heads))
 
 
 def test_auto_leaves_out_a_task_no_setting_can_serve(tiny_lm, tiny_tasks, tiny_task_adapters, adapters):
@@ -100,3 +115,15 @@ def test_settings_cap_heads_at_the_group_size_and_stay_below_the_sources(adapter
     assert all(s.storage_ratio < 1 for s in found)
     assert [s.storage_ratio for s in found] == sorted(s.storage_ratio for s in found)
     assert (len(adapters), 8) not in {(s.heads, s.rank) for s in found}  # K=N, r'=2r: more than the sources
+
+
+def test_a_screening_evaluator_scores_as_one_built_on_the_first_rows(tiny_lm, tiny_tasks, adapters):
+    model, tokenizer = tiny_lm
+    evaluator = Evaluator(model, tokenizer, tiny_tasks, batch_size=8)
+    evaluator.originals(adapters)
+    cut = [dataclasses.replace(task, eval=task.eval[:2]) for task in tiny_tasks]
+    fresh = Evaluator(model, tokenizer, cut, batch_size=8)
+    assert evaluator.screening(2).original_scores == fresh.originals(adapters)
+    merged = merge_adapters(adapters, "hydraopt", heads=1, rank=2)
+    assert evaluator.screening(2).merged(merged) == fresh.merged(merged)
+    assert all(score.examples == 2 for score in fresh.merged(merged).values())

@@ -4,7 +4,7 @@ Weight-space metrics (relative reconstruction error) live in `hydraopt.metrics`.
 """
 
 from hydraopt.errors import EvaluationError
-from hydraopt.evaluation.auto import AutoOutcome, Setting, auto_hydraopt, settings
+from hydraopt.evaluation.auto import AutoOutcome, Screen, Setting, auto_hydraopt, settings
 from hydraopt.evaluation.evaluator import Evaluator
 from hydraopt.evaluation.function import TaskScore, applied, encode_task, run_task, score
 from hydraopt.evaluation.gate import Gate, GateDecision, TaskVerdict, retention
@@ -17,6 +17,7 @@ __all__ = [
     "Example",
     "Gate",
     "GateDecision",
+    "Screen",
     "Setting",
     "TaskScore",
     "TaskSet",

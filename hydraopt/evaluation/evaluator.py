@@ -45,6 +45,16 @@ class Evaluator:
         self.references: dict[str, TaskOutputs] = {}
         self.original_scores: dict[str, TaskScore] = {}
 
+    def screening(self, examples: int) -> "Evaluator":
+        """The same evaluator on the first `examples` eval rows of each task, with the originals'
+        outputs and scores cut to those rows (evaluate the originals first): `auto`'s screen."""
+        sliced = Evaluator(self.model, self.tokenizer, [], batch_size=self.batch_size, progress=self.progress)
+        sliced.encoded = {name: task.head(examples) for name, task in self.encoded.items()}
+        sliced.references = {name: outputs.head(examples) for name, outputs in self.references.items()}
+        sliced.original_scores = {name: score(sliced.encoded[name], outputs)
+                                  for name, outputs in sliced.references.items()}  # fmt: skip
+        return sliced
+
     def task(self, name: str) -> EncodedTask:
         if name not in self.encoded:
             raise EvaluationError(f"no eval set for task {name!r}; known: {sorted(self.encoded)}")

@@ -18,7 +18,7 @@ weights and restored exactly afterwards.
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 
@@ -48,6 +48,11 @@ class EncodedTask:
     targets: list[str]  # exact_match: per example, the answer as the tokenizer decodes its tokens
     stops: list[tuple[str, ...]]  # exact_match: per example, the strings that may end the answer
 
+    def head(self, examples: int) -> "EncodedTask":
+        """The first `examples` examples only."""
+        lists = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("name", "metric")}
+        return replace(self, **{name: values[:examples] for name, values in lists.items()})
+
 
 @dataclass(frozen=True)
 class TaskOutputs:
@@ -58,6 +63,12 @@ class TaskOutputs:
     example_of: torch.Tensor  # [positions] example index of each position
     first_positions: torch.Tensor  # [examples] the row of each example's first answer token
     correct: torch.Tensor  # [examples] bool: right under the task's metric
+
+    def head(self, examples: int) -> "TaskOutputs":
+        """The outputs of the first `examples` examples only."""
+        positions = self.example_of < examples
+        return TaskOutputs(self.log_probs[positions], self.targets[positions], self.example_of[positions],
+                           self.first_positions[:examples], self.correct[:examples])  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from hydraopt.adapter import Adapter
+from hydraopt.evaluation.auto import Screen
 from hydraopt.evaluation.distillation import References, distill
 from hydraopt.evaluation.evaluator import Evaluator
 from hydraopt.evaluation.function import TaskScore
@@ -24,6 +25,7 @@ from hydraopt.metrics import reconstruction_errors
 from hydraopt.refine import InputStatistics, refine
 
 STAGES = ("closed", "refined", "distilled")
+SCREEN_ROWS = 16  # eval rows per task `auto` screens a setting on before evaluating it in full
 DistillStep = Callable[[MergeResult, int, int, float], None]
 
 
@@ -124,6 +126,23 @@ class MergePipeline:
         progress = (lambda done, steps, kl: step(result, done, steps, kl)) if step else None
         model, tokenizer = self.evaluator.model, self.evaluator.tokenizer
         return distill(result, model, tokenizer, self.references, progress=progress, **self.distill_options)
+
+    def screen(self, rows: int = SCREEN_ROWS) -> Screen | None:
+        """`auto`'s screen: the tasks with an eval set scored on their first `rows` eval rows, against
+        the originals on the same rows (the others in weight space, as always); None when no task
+        has an eval set (weight space is cheap: nothing to screen)."""
+        if not self.function_space:
+            return None
+        sliced = self.evaluator.screening(rows)
+        with_eval = {a.task_name for a in self.function_space}
+
+        def evaluate(result: MergeResult) -> dict[str, TaskScore]:
+            in_result = [task for task in result.tasks if task in with_eval]
+            scores = weight_space_scores([a for a in self.adapters if a.task_name not in in_result], result)
+            return scores | (sliced.merged(restricted(result, in_result)) if in_result else {})
+
+        originals = self.originals | {t: sliced.original_scores[t] for t in with_eval}
+        return Screen(evaluate, originals)
 
     def score(self, result: MergeResult) -> dict[str, TaskScore]:
         """Every task of `result` against its original: function space where it has an eval set."""
