@@ -7,7 +7,7 @@ import pytest
 from flows.cli import main
 
 N, RANK, LAYERS, HIDDEN, KV_OUT = 5, 2, 1, 32, 16
-TIMED = ("truncation", "jd_full", "knots")  # of the rivals: each is a child process
+TIMED = ("jd_full",)  # of the rivals (each is a child process; the methods have their own tests)
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +67,8 @@ def test_more_heads_reconstruct_better(report):
     assert results["hydraopt K=2"]["recon_error_mean"] <= results["peft svd"]["recon_error_mean"] + 1e-9
 
 
-def test_the_rivals_are_timed_and_scored_alike(report):
-    results = {r["method"]: r for r in report["results"]}
-    truncation = results["truncation"]  # at r' = r every task keeps itself
-    assert truncation["storage_ratio"] == pytest.approx(1.0) and truncation["recon_error_max"] < 1e-6
-    assert results["knots"]["storage_ratio"] == pytest.approx(analytic_ratio(1, RANK), abs=1e-6)  # as PEFT's
+def test_a_rival_is_timed_and_scored_alike(report):
+    (jd,) = [r for r in report["results"] if r["method"] == "jd_full"]
     sum_in, sum_out = LAYERS * 4 * HIDDEN, LAYERS * (2 * HIDDEN + 2 * KV_OUT)
-    jd_params = RANK * (sum_in + sum_out) + N * LAYERS * 4 * RANK * RANK
-    assert results["jd_full"]["storage"]["bundle_params"] == jd_params
+    assert jd["storage"]["bundle_params"] == RANK * (sum_in + sum_out) + N * LAYERS * 4 * RANK * RANK
+    assert jd["wall_s"] > 0 and 0 <= jd["recon_error_mean"] <= jd["recon_error_max"] < 1

@@ -28,6 +28,9 @@ from tests.registry_fixtures import (  # noqa: F401
     s3_endpoint_fixture,
 )
 
+# Merge features on SQLite only: what they ask of the registry, the tests above run on both backends.
+SQLITE_ONLY = pytest.mark.parametrize("empty_db_url", ["sqlite"], indirect=True)
+
 
 def load_with_peft(store: S3Store, current: dict, base: Path, into: Path):
     from peft import PeftModel
@@ -189,6 +192,7 @@ def test_a_folder_still_uploading_is_left_for_the_next_sync(catalog):
     assert (again["registered"], again["incomplete"]) == (["late/1"], [])
 
 
+@SQLITE_ONLY
 def test_a_group_with_calibration_rows_is_refined_and_passes_where_the_closed_form_fails(catalog):
     registry = catalog["registry"]
     trained = ["alpha", "beta", "gamma"]  # their eval.jsonl holds train rows as well as eval rows
@@ -207,6 +211,7 @@ def test_a_group_with_calibration_rows_is_refined_and_passes_where_the_closed_fo
     assert consolidate(rank=1)["published"] == []  # same inputs, same request: unchanged
 
 
+@SQLITE_ONLY
 def test_distillation_is_asked_per_run_recorded_in_the_manifest_and_changes_the_request(catalog, caplog):
     registry = catalog["registry"]
     for name in ["alpha", "beta", "gamma"]:

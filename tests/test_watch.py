@@ -15,7 +15,7 @@ from flows.prefect_setup import copy_database
 from tests.registry_fixtures import s3_endpoint_fixture  # noqa: F401
 
 QUIET_WINDOW_S = 10  # Prefect's least for a Proactive trigger
-WATCH_INTERVAL_S = 20
+WATCH_INTERVAL_S = 10
 BASE_A, BASE_B = "watch-base-a", "watch-base-b"
 BURST = [f"burst-{i}" for i in range(3)]
 TIMEOUT_S = 240
