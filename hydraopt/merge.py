@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class MergeResult:
     """The factors per module (shared A' and K heads B', or a method's other form), the
-    task -> head map, and how they were made."""
+    task -> head map, and how they were made. `order` lists the merge's tasks as its per-task
+    factors are stored (a CoreLowRank's cores); a result restricted to fewer `tasks` keeps it."""
 
     method: str
     params: dict[str, Any]
@@ -28,6 +29,7 @@ class MergeResult:
     modules: dict[str, ModuleFactors]
     dtype: torch.dtype
     dropped_features: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    order: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def heads(self) -> int:
@@ -43,7 +45,7 @@ class MergeResult:
         return sum(m.num_params for m in self.modules.values())
 
     def task_delta(self, task: str, module: str) -> LoraDelta:
-        return self.modules[module].task_delta(self.tasks.index(task), self.assignment[task])
+        return self.modules[module].task_delta((self.order or self.tasks).index(task), self.assignment[task])
 
 
 def resolve_params(method_name: str, adapters: Sequence[Adapter], **overrides: Any) -> Any:
@@ -111,4 +113,5 @@ def merge_adapters(
         modules=modules,
         dtype=dtype,
         dropped_features={a.task_name: list(a.unsupported) for a in adapters if a.unsupported},
+        order=tasks,
     )

@@ -162,3 +162,17 @@ def test_the_bundle_is_schema_3_reads_back_and_exports_peft_loras(tiny_base, ada
                 bundle.task_delta(task, module).dense(), result.task_delta(task, module).dense()
             )
     assert_exports_match_the_factors(bundle, tiny_base)
+
+
+def test_a_result_scored_on_some_of_its_tasks_keeps_each_tasks_own_core(adapters):
+    """Scoring a subset (the pipeline's `restricted`) must not shift the per-task cores."""
+    from hydraopt.evaluation.pipeline import restricted
+
+    result = merge_adapters(adapters, "jd_full", rank=3)
+    later = result.tasks[1:]
+    subset = restricted(result, later)
+    for task in later:
+        for module in result.modules:
+            torch.testing.assert_close(
+                subset.task_delta(task, module).dense(), result.task_delta(task, module).dense()
+            )
