@@ -4,6 +4,7 @@ that share a basis, one (U, V) per task group, and schema-3 bundles whose export
 import pytest
 import torch
 
+from hydraopt.evaluation.pipeline import restricted
 from hydraopt.factors import LoraDelta
 from hydraopt.formats.bundle import read_bundle, write_bundle
 from hydraopt.formats.peft_lora import load_adapter
@@ -166,8 +167,6 @@ def test_the_bundle_is_schema_3_reads_back_and_exports_peft_loras(tiny_base, ada
 
 def test_a_result_scored_on_some_of_its_tasks_keeps_each_tasks_own_core(adapters):
     """Scoring a subset (the pipeline's `restricted`) must not shift the per-task cores."""
-    from hydraopt.evaluation.pipeline import restricted
-
     result = merge_adapters(adapters, "jd_full", rank=3)
     later = result.tasks[1:]
     subset = restricted(result, later)
