@@ -52,13 +52,16 @@ def spans(deltas: Sequence[LoraDelta]) -> tuple[torch.Tensor, torch.Tensor, torc
     return q_b, q_a, torch.stack(cores)
 
 
-def top_left(matrix: torch.Tensor, rank: int) -> torch.Tensor:
-    return torch.linalg.svd(matrix, full_matrices=False)[0][:, :rank]
+def top_left(blocks: torch.Tensor, rank: int) -> torch.Tensor:
+    """The top `rank` left singular vectors of [M_1 … M_N] (`blocks` N×R×c), from the R×R Gram
+    Σ_i M_i M_iᵀ (float64): an eigh of R×R instead of an SVD of R×N·c."""
+    gram = (blocks @ blocks.transpose(1, 2)).sum(dim=0)
+    return torch.linalg.eigh(gram)[1][:, -rank:].flip(1)
 
 
 def initial_bases(cores: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """u, v: the top left singular vectors of [C_1 … C_N] and the top right ones of [C_1; …; C_N]."""
-    return top_left(torch.cat(list(cores), dim=1), rank), top_left(torch.cat(list(cores), dim=0).T, rank)
+    return top_left(cores, rank), top_left(cores.transpose(1, 2), rank)
 
 
 def fit_full(
@@ -67,8 +70,8 @@ def fit_full(
     """Orthonormal u, v (R×r') and cores uᵀ C_i v, by the authors' alternating SVDs."""
     u, v = initial_bases(cores, rank)
     for _ in range(iterations):
-        u = top_left(torch.cat(list(cores @ v), dim=1), rank)
-        v = top_left(torch.cat(list(cores.transpose(1, 2) @ u), dim=1), rank)
+        u = top_left(cores @ v, rank)
+        v = top_left(cores.transpose(1, 2) @ u, rank)
     return u, v, u.T @ cores @ v
 
 
@@ -81,8 +84,10 @@ def fit_diag(
     for _ in range(iterations):
         s = diagonals(cores, u, v)
         pairs = s.T @ s  # Σ_i s_i s_iᵀ
-        u = torch.einsum("nij,jk,nk->ik", cores, v, s) @ torch.linalg.pinv((v.T @ v) * pairs, hermitian=True)
-        v = torch.einsum("nji,jk,nk->ik", cores, u, s) @ torch.linalg.pinv((u.T @ u) * pairs, hermitian=True)
+        u = ((cores @ v) * s[:, None]).sum(dim=0) @ torch.linalg.pinv((v.T @ v) * pairs, hermitian=True)
+        v = ((cores.transpose(1, 2) @ u) * s[:, None]).sum(dim=0) @ torch.linalg.pinv(
+            (u.T @ u) * pairs, hermitian=True
+        )
         scale = torch.linalg.norm(s).clamp_min(1e-300)
         u = u * scale
         balance = (torch.linalg.norm(v) / torch.linalg.norm(u).clamp_min(1e-300)).sqrt()
@@ -92,7 +97,7 @@ def fit_diag(
 
 def diagonals(cores: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """The least-squares diagonals for fixed u, v: ((uᵀu) ∘ (vᵀv)) s_i = diag(uᵀ C_i v)."""
-    targets = torch.einsum("ji,njk,ki->ni", u, cores, v)  # N × r'
+    targets = ((u.T @ cores) * v.T).sum(dim=-1)  # N × r': diag(uᵀ C_i v)
     return targets @ torch.linalg.pinv((u.T @ u) * (v.T @ v), hermitian=True)
 
 
