@@ -117,11 +117,10 @@ class Search:
 
     def decide(self, setting: Setting, by: str) -> GateDecision:
         tasks = [a.task_name for a in self.kept]
-        if by == "full":
-            originals, evaluate, gate = self.originals, self.evaluate, self.gate
-        else:
-            originals, evaluate, gate = self.screen.originals, self.screen.evaluate, self.gate
-        decision = gate.decide({t: originals[t] for t in tasks}, evaluate(self.result(setting)))
+        look = self if by == "full" else self.screen
+        decision = self.gate.decide(
+            {t: look.originals[t] for t in tasks}, look.evaluate(self.result(setting))
+        )
         self.tried.append({**vars(setting), "tasks": len(tasks), "by": by, "publish": decision.publish,
                            "failing": decision.failing})  # fmt: skip
         return decision

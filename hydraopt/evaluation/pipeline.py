@@ -134,26 +134,30 @@ class MergePipeline:
         if not self.function_space:
             return None
         sliced = self.evaluator.screening(rows)
-        with_eval = {a.task_name for a in self.function_space}
-
-        def evaluate(result: MergeResult) -> dict[str, TaskScore]:
-            in_result = [task for task in result.tasks if task in with_eval]
-            scores = weight_space_scores([a for a in self.adapters if a.task_name not in in_result], result)
-            return scores | (sliced.merged(restricted(result, in_result)) if in_result else {})
-
-        originals = self.originals | {t: sliced.original_scores[t] for t in with_eval}
-        return Screen(evaluate, originals)
+        originals = self.originals | {
+            a.task_name: sliced.original_scores[a.task_name] for a in self.function_space
+        }
+        return Screen(lambda result: self.scores_on(sliced, result), originals)
 
     def score(self, result: MergeResult) -> dict[str, TaskScore]:
         """Every task of `result` against its original: function space where it has an eval set."""
         key = (result.method, json.dumps(result.params, sort_keys=True, default=str), tuple(result.tasks))
         if key not in self.scores:
-            in_result = [a.task_name for a in self.function_space if a.task_name in result.tasks]
-            scores = weight_space_scores([a for a in self.adapters if a.task_name not in in_result], result)
-            if in_result:
-                if self.on_score:
-                    self.on_score(result)
-                scores |= self.evaluator.merged(restricted(result, in_result))
-            order = [a.task_name for a in self.adapters if a.task_name in scores]
-            self.scores[key] = {task: scores[task] for task in order}
+            self.scores[key] = self.scores_on(self.evaluator, result, self.on_score)
         return self.scores[key]
+
+    def scores_on(
+        self,
+        evaluator: Evaluator | None,
+        result: MergeResult,
+        before: Callable[[MergeResult], None] | None = None,
+    ) -> dict[str, TaskScore]:
+        """`result`'s tasks scored by `evaluator` where they have an eval set (`before(result)`
+        first), in weight space otherwise; in the group's task order."""
+        in_result = [a.task_name for a in self.function_space if a.task_name in result.tasks]
+        scores = weight_space_scores([a for a in self.adapters if a.task_name not in in_result], result)
+        if in_result:
+            if before:
+                before(result)
+            scores |= evaluator.merged(restricted(result, in_result))
+        return {a.task_name: scores[a.task_name] for a in self.adapters if a.task_name in scores}
