@@ -13,6 +13,7 @@ from hydraopt.methods.task_arithmetic import (
     TiesParams,
     generalized_task_arithmetic,
 )
+from tests.deltas import random_deltas
 
 D_OUT, D_IN = 20, 14
 WEIGHTS = torch.tensor([0.7, 1.0, 0.3, 1.5, -0.4])
@@ -24,10 +25,7 @@ def random_tensors(count: int = 5, seed: int = 0) -> list[torch.Tensor]:
 
 
 def lora_deltas(ranks: list[int], seed: int = 1) -> list[LoraDelta]:
-    gen = torch.Generator().manual_seed(seed)
-    return [
-        LoraDelta(torch.randn(r, D_IN, generator=gen), torch.randn(D_OUT, r, generator=gen)) for r in ranks
-    ]
+    return random_deltas(ranks, D_OUT, D_IN, seed)
 
 
 def rank_truncation(matrix: torch.Tensor, rank: int) -> torch.Tensor:

@@ -13,16 +13,13 @@ from hydraopt.methods import get_method
 from hydraopt.methods.joint_diagonalization import JointDiagonalizationParams
 from hydraopt.storage import storage_report
 from tests.bundle_checks import assert_exports_match_the_factors
+from tests.deltas import random_deltas
 
 D_OUT, D_IN = 30, 22
 
 
 def lora_deltas(count: int, rank: int, seed: int = 5) -> list[LoraDelta]:
-    gen = torch.Generator().manual_seed(seed)
-    return [
-        LoraDelta(torch.randn(rank, D_IN, generator=gen), torch.randn(D_OUT, rank, generator=gen))
-        for _ in range(count)
-    ]
+    return random_deltas([rank] * count, D_OUT, D_IN, seed)
 
 
 def shared_basis_deltas(count: int, rank: int, diagonal: bool, seed: int = 7) -> list[LoraDelta]:

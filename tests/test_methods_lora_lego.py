@@ -5,15 +5,13 @@ import torch
 
 from hydraopt.factors import LoraDelta
 from hydraopt.methods.lora_lego import LoraLegoParams, kmeans, merge_lora_lego
+from tests.deltas import random_deltas
 
 D_OUT, D_IN = 18, 14
 
 
 def lora_deltas(ranks: list[int], seed: int = 2) -> list[LoraDelta]:
-    gen = torch.Generator().manual_seed(seed)
-    return [
-        LoraDelta(torch.randn(r, D_IN, generator=gen), torch.randn(D_OUT, r, generator=gen)) for r in ranks
-    ]
+    return random_deltas(ranks, D_OUT, D_IN, seed)
 
 
 def test_one_cluster_per_unit_is_the_mean_update():

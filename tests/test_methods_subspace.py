@@ -12,16 +12,14 @@ from hydraopt.methods import get_method
 from hydraopt.methods.core_space import core_bases
 from hydraopt.methods.knots import aligned_blocks
 from hydraopt.methods.task_arithmetic import SubspaceMergeParams
+from tests.deltas import random_deltas
 
 D_OUT, D_IN = 26, 20
 RANKS = [3, 2, 4]
 
 
 def lora_deltas(seed: int = 11) -> list[LoraDelta]:
-    gen = torch.Generator().manual_seed(seed)
-    return [
-        LoraDelta(torch.randn(r, D_IN, generator=gen), torch.randn(D_OUT, r, generator=gen)) for r in RANKS
-    ]
+    return random_deltas(RANKS, D_OUT, D_IN, seed)
 
 
 def best_rank(matrix: torch.Tensor, rank: int) -> torch.Tensor:

@@ -12,15 +12,13 @@ from hydraopt.methods.truncation import TruncationParams, merge_truncation
 from hydraopt.metrics import reconstruction_errors
 from hydraopt.storage import storage_report
 from tests.bundle_checks import assert_exports_match_the_factors
+from tests.deltas import random_deltas
 
 D_OUT, D_IN = 24, 18
 
 
 def lora_deltas(ranks: list[int], seed: int = 3) -> list[LoraDelta]:
-    gen = torch.Generator().manual_seed(seed)
-    return [
-        LoraDelta(torch.randn(r, D_IN, generator=gen), torch.randn(D_OUT, r, generator=gen)) for r in ranks
-    ]
+    return random_deltas(ranks, D_OUT, D_IN, seed)
 
 
 def dense_best_rank_k(matrix: torch.Tensor, rank: int) -> torch.Tensor:
