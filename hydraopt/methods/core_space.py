@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from hydraopt.factors import LoraDelta, SharedLowRank, pad_rank
+from hydraopt.factors import LoraDelta, SharedLowRank, truncated_svd
 from hydraopt.methods.base import MergeMethod
 from hydraopt.methods.task_arithmetic import SubspaceMergeParams, merge_family
 
@@ -32,11 +32,7 @@ def merge_core_space(
     u_ref, vh_ref = core_bases(deltas)
     cores = torch.stack([(u_ref.T @ d.B) @ (d.A @ vh_ref.T) for d in deltas])  # N × R × R
     merged = merge_family(cores, params.merge, params, module)
-    u, s, vh = torch.linalg.svd(merged, full_matrices=False)
-    keep = min(params.rank, s.shape[0])
-    return pad_rank(
-        SharedLowRank(vh[:keep] @ vh_ref, (u_ref @ (u[:, :keep] * s[:keep])).unsqueeze(0)), params.rank
-    )
+    return truncated_svd(u_ref @ merged, vh_ref, params.rank)
 
 
 CORE_SPACE = MergeMethod(

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from hydraopt.factors import LoraDelta, SharedLowRank, pad_rank
+from hydraopt.factors import LoraDelta, SharedLowRank, truncated_svd
 from hydraopt.methods.base import MergeMethod
 from hydraopt.methods.task_arithmetic import SubspaceMergeParams, merge_family
 
@@ -41,9 +41,7 @@ def merge_knots(
 ) -> SharedLowRank:
     basis, blocks = aligned_blocks(deltas)
     merged = merge_family(blocks, params.merge, params, module)  # k × d_in
-    u, s, vh = torch.linalg.svd(merged, full_matrices=False)
-    keep = min(params.rank, s.shape[0])
-    return pad_rank(SharedLowRank(vh[:keep], (basis @ (u[:, :keep] * s[:keep])).unsqueeze(0)), params.rank)
+    return truncated_svd(basis, merged, params.rank)
 
 
 KNOTS = MergeMethod(
